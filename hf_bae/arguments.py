@@ -1,0 +1,51 @@
+"""Command-line flags generated from dataclasses, so that every option is written down once.
+
+A dataclass field's `metadata["help"]` becomes its `--help` text, `metadata["choices"]` its choices and
+`metadata["aliases"]` extra flag names (we use them for the original code's flag names, such as
+`--covarience_weight`). Parsing is transformers' `HfArgumentParser`.
+"""
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from .configuration import own_fields
+
+
+def config_arguments(config_class: type, exclude: Sequence[str] = ()) -> type:
+    """A plain dataclass holding the hf_bae fields of `config_class` (not transformers' generic ones).
+
+    `HfArgumentParser` turns it into flags; `config_class(**asdict(parsed))` turns the parsed values
+    back into a config.
+    """
+    specs = []
+    for f in own_fields(config_class):
+        if f.name in exclude:
+            continue
+        clone = dataclasses.field(default=f.default, metadata=dict(f.metadata))
+        specs.append((f.name, f.type, clone))
+    return dataclasses.make_dataclass(f"{config_class.__name__}Arguments", specs)
+
+
+def build_parser(dataclass_types: Sequence[type], prog: str, description: str) -> HfArgumentParser:
+    """An argparse parser whose flags come from the given dataclasses (one argument group each)."""
+    parser = HfArgumentParser(
+        [], prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    for dtype in dataclass_types:
+        group_name = getattr(dtype, "_argument_group_name", None)
+        if group_name is None:
+            # HfArgumentParser puts a dataclass in its own group when it names one.
+            dtype._argument_group_name = dtype.__name__.removesuffix("Arguments") + " options"
+        parser.dataclass_types.append(dtype)
+        parser._add_dataclass_arguments(dtype)
+    return parser
+
+
+def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str, description: str) -> tuple[Any, ...]:
+    """Parse `argv` into one instance of each dataclass; unknown flags are an error that names them."""
+    parser = build_parser(dataclass_types, prog, description)
+    return tuple(parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None))

@@ -1,0 +1,52 @@
+"""The `hf-bae` command. Each sub-command lives in its own module of this package and only parses
+flags and calls the library; `hf-bae COMMAND --help` explains every flag.
+"""
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module in hf_bae.cli, one-line description). Modules are imported only when used, so
+# `hf-bae --help` stays fast and one command's optional dependencies never break another.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "Train a BAE and a TopK SAE on the embedded model and corpus (offline, a few CPU minutes)."),
+    "train": ("train", "Train one or several dictionaries on live or cached activations (accelerate)."),
+    "harvest": ("harvest", "Cache a language model's activations to disk in shards."),
+    "entropy": ("entropy", "Feature-set entropy: per layer, per position, and in-context-learning curves."),
+    "atlas": ("atlas", "Collect top-activating contexts per feature into a feature atlas (datasets.Dataset)."),
+    "interpret": ("interpret", "ComSem: explain features with an LLM, judge the explanations, score them."),
+    "push": ("push", "Upload a trained run to the Hugging Face Hub with a generated model card."),
+    "export-saelens": ("export_saelens", "Export a ReLU / TopK / JumpReLU dictionary to the SAELens folder format."),
+    "space": ("space", "Launch the Gradio feature browser on a dictionary and its atlas."),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: hf-bae COMMAND [options]", "", "Binary Autoencoders and sparse dictionaries for Hugging Face models.", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run `hf-bae COMMAND --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `hf-bae`: dispatch to the sub-command's `main(argv)`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from ..version import __version__
+
+        print(f"hf-bae {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"hf-bae: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Configurations of the dictionaries: the Binary Autoencoder (BAE) and the sparse autoencoders (SAEs).
+
+Each field carries its help text in `metadata["help"]`. These fields are the single source of truth:
+the `hf-bae train` flags are generated from them (see `hf_bae/arguments.py`), so `--help` prints
+the text written here.
+
+A config also records where its activations came from (base model, revision, layer, site, dataset,
+context length, token filter). Loading a dictionary then tells you exactly which hidden states it
+reads, which avoids the classic off-by-one-layer mistake.
+"""
+
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+from packaging import version as _version
+from transformers import PretrainedConfig
+
+from .version import __version__
+
+SITES = ("resid_post", "mlp_in", "mlp_out")
+OUTPUT_ACTIVATIONS = ("none", "relu", "sigmoid", "tanh")
+ESTIMATORS = ("legacy_sign_s", "identity", "sigmoid", "squarewave")
+# The original code's `--binarization_type` values, mapped onto our estimator names.
+LEGACY_BINARIZATION_NAMES = {"sign": "identity", "sign_s": "legacy_sign_s", "squarewave": "squarewave"}
+BITS = (1, 2, 4, 8)
+SAE_ACTIVATIONS = ("relu", "topk", "jumprelu", "legacy_topk", "none", "sigmoid", "tanh")
+L1_REDUCTIONS = ("sum", "mean")
+
+
+def _field(default: Any, help: str, **metadata: Any) -> Any:
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def own_fields(config_class: type) -> list[dataclasses.Field]:
+    """The fields hf_bae adds to `PretrainedConfig` (not transformers' generic ones), in declaration order."""
+    base = {f.name for f in dataclasses.fields(PretrainedConfig)}
+    return [f for f in dataclasses.fields(config_class) if f.name not in base]
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
+
+
+class DictionaryConfig(PretrainedConfig):
+    """Fields shared by every dictionary: sizes, biases, and the provenance of the activations."""
+
+    hidden_size: int = _field(768, "Width d of the hidden states the dictionary reads (the LM's hidden size).")
+    latent_size: int | None = _field(
+        None, "Number of features m. If unset, m = expansion_factor * hidden_size."
+    )
+    expansion_factor: int = _field(
+        4, "m = expansion_factor * d when latent_size is unset.", aliases=["--inner_expand_rate"]
+    )
+    output_size: int | None = _field(
+        None, "Width of the reconstructed vector; defaults to hidden_size (differs only for a transcoder between sites of different width)."
+    )
+    encoder_bias: bool = _field(True, "Bias in the encoder Linear (the original code always has one; the paper's formula has none).")
+    decoder_bias: bool = _field(
+        True, "Bias b in the decoder Linear (the original's --bias flag, used by all its published commands).", aliases=["--bias"]
+    )
+    output_activation: str = _field(
+        "none", "Activation applied to the reconstruction: none, relu, sigmoid or tanh.", choices=OUTPUT_ACTIVATIONS
+    )
+    # Provenance: where the training activations came from.
+    base_model: str | None = _field(None, "Hub id or path of the language model whose hidden states are encoded.")
+    base_model_revision: str | None = _field(None, "Revision (commit or branch) of base_model.")
+    layer: int | None = _field(None, "Decoder layer index L (0-based) of the hooked site.")
+    site: str = _field(
+        "resid_post",
+        "Hooked site: resid_post (output of layer L = hidden_states[L+1]), mlp_in (input of layer L's MLP, after its norm) or mlp_out.",
+        choices=SITES,
+    )
+    output_site: str | None = _field(
+        None, "Transcoder only: the site the dictionary reconstructs (e.g. mlp_out) when it reads `site` (e.g. mlp_in)."
+    )
+    dataset: str | None = _field(None, "Dataset the training activations were taken from.")
+    context_length: int | None = _field(None, "Token length of the packed rows the activations were taken from.")
+    token_filter: str | None = _field(None, "Which tokens were left out of training (e.g. 'special,outliers>10xmedian').")
+    hf_bae_version: str = _field(__version__, "hf_bae version that wrote this config.")
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self._validate()
+
+    # -- derived sizes -------------------------------------------------------------------------
+    @property
+    def num_latents(self) -> int:
+        """Number of dictionary features m."""
+        return self.latent_size if self.latent_size is not None else self.expansion_factor * self.hidden_size
+
+    @property
+    def reconstruction_size(self) -> int:
+        """Width of the reconstructed vector."""
+        return self.output_size if self.output_size is not None else self.hidden_size
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True when the dictionary reads one site and reconstructs another."""
+        return self.output_site is not None and self.output_site != self.site
+
+    def describe_source(self) -> str:
+        """Human-readable provenance, used in error messages ('layer 5 (resid_post) of meta-llama/...')."""
+        parts = []
+        if self.layer is not None:
+            parts.append(f"layer {self.layer} ({self.site})")
+        if self.base_model:
+            parts.append(f"of {self.base_model}")
+        return " ".join(parts) if parts else "an unrecorded source"
+
+    # -- validation ---------------------------------------------------------------------------
+    def _validate(self) -> None:
+        if _version.parse(str(self.hf_bae_version)) > _version.parse(__version__):
+            raise ValueError(
+                f"This config was written by hf_bae {self.hf_bae_version}, newer than the installed {__version__}. "
+                "Upgrade with `pip install -U hf_bae` to load it."
+            )
+        for name in ("hidden_size", "expansion_factor"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        for name in ("latent_size", "output_size", "context_length"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
+            raise ValueError(f"layer must be a non-negative integer or None, got {self.layer!r}.")
+        _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        _check_choice("site", self.site, SITES)
+        if self.output_site is not None:
+            _check_choice("output_site", self.output_site, SITES)
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        # transformers drops values equal to the class defaults; a dictionary's config should say
+        # everything about it (and its hf_bae_version), so our own fields are always written.
+        diff = super().to_diff_dict()
+        for f in own_fields(type(self)):
+            diff[f.name] = getattr(self, f.name)
+        return diff
+
+
+class BAEConfig(DictionaryConfig):
+    r"""Configuration of a [`BinaryAutoencoder`].
+
+    The BAE of Cho et al. (arXiv 2509.20997) encodes a hidden state h into binary codes
+    Γ(h W_in + b_in) ∈ {0,1}^{m·bits} and decodes them linearly. Training adds a minibatch entropy
+    term and a covariance penalty to the reconstruction loss (see `hf_bae.losses`).
+
+    Defaults follow the published commands of the original code: 4x expansion, decoder bias,
+    estimator `legacy_sign_s` (what the published results used), entropy and covariance weights 1e-7.
+
+    Example:
+    ```python
+    >>> from hf_bae import BAEConfig, BinaryAutoencoder
+    >>> config = BAEConfig(hidden_size=576, expansion_factor=4, layer=5, base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    >>> model = BinaryAutoencoder(config)
+    ```
+    """
+
+    model_type = "binary_autoencoder"
+
+    bits: int = _field(
+        1,
+        "Bits per feature (1, 2, 4 or 8). With k > 1 bits, feature j decodes from sum_i 2^i b_ji / (2^k - 1), least significant bit first.",
+        choices=BITS,
+    )
+    estimator: str = _field(
+        "legacy_sign_s",
+        "Gradient estimator of the step function: legacy_sign_s (original code, g*(1-g); default, used by the published results), "
+        "identity (straight-through), sigmoid (derivative of sigmoid(x/T)), squarewave (periodic step).",
+        aliases=["--binarization_type"],
+    )
+    estimator_temperature: float = _field(1.0, "Temperature T of the sigmoid estimator.")
+    squarewave_cycle: float = _field(2.0, "Period c of the squarewave binarization.", aliases=["--cycle_for_squarewave"])
+    entropy_weight: float = _field(1e-7, "Weight of the minibatch entropy term (bits, summed over codes).")
+    covariance_weight: float = _field(
+        1e-7, "Weight of the covariance penalty sum_{i!=j} |Cov(h_i, h_j)|.", aliases=["--covarience_weight"]
+    )
+    entropy_threshold: float = _field(
+        0.0, "The entropy term is switched off (0) while the batch entropy is below this many bits (0 keeps it always on)."
+    )
+    covariance_chunk_size: int = _field(
+        1024, "Columns per chunk of the covariance penalty: peak memory is O(chunk * m), never O(m^2)."
+    )
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.estimator = LEGACY_BINARIZATION_NAMES.get(self.estimator, self.estimator)
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_codes(self) -> int:
+        """Number of binary codes per hidden state: m * bits."""
+        return self.num_latents * self.bits
+
+    def _validate(self) -> None:
+        super()._validate()
+        _check_choice("estimator", self.estimator, ESTIMATORS)
+        _check_choice("bits", self.bits, BITS)
+        if self.estimator_temperature <= 0:
+            raise ValueError(f"estimator_temperature must be > 0, got {self.estimator_temperature}.")
+        if self.squarewave_cycle <= 0:
+            raise ValueError(f"squarewave_cycle must be > 0, got {self.squarewave_cycle}.")
+        for name in ("entropy_weight", "covariance_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.covariance_chunk_size < 1:
+            raise ValueError(f"covariance_chunk_size must be >= 1, got {self.covariance_chunk_size}.")
+
+
+class SAEConfig(DictionaryConfig):
+    r"""Configuration of a [`SparseAutoencoder`]: the ReLU+L1, TopK and JumpReLU baselines, and transcoders.
+
+    `activation` selects the latent non-linearity:
+
+    - `relu`: ReLU, sparsified by the L1 penalty (`l1_weight`).
+    - `topk`: the k largest ReLU pre-activations are kept, exactly k (Gao et al. 2024).
+    - `legacy_topk`: the original code's TopK: keeps every pre-activation >= the k-th largest, with no
+      ReLU (negatives survive and ties keep more than k). Only for reproducing published numbers.
+    - `jumprelu`: x if x > θ else 0, with a fixed θ = `jumprelu_threshold` (as in the original code).
+    - `none`, `sigmoid`, `tanh`: dense activations, as offered by the original code.
+
+    A transcoder is the same model trained to reconstruct `output_site` from `site`.
+    """
+
+    model_type = "sparse_autoencoder"
+
+    activation: str = _field(
+        "relu",
+        "Latent activation: relu, topk, jumprelu, legacy_topk, none, sigmoid or tanh.",
+        choices=SAE_ACTIVATIONS,
+        aliases=["--inner_activation"],
+    )
+    k: int = _field(10, "Number of active latents for topk / legacy_topk.", aliases=["--topk"])
+    jumprelu_threshold: float = _field(0.5, "Fixed threshold θ of the jumprelu activation.", aliases=["--theta"])
+    l1_weight: float = _field(0.0, "Weight of the L1 penalty on the latents.", aliases=["--l1_norm_weight"])
+    l1_reduction: str = _field(
+        "sum",
+        "How the L1 penalty is reduced: sum (over tokens and latents, as the original code) or mean (over tokens, summed over latents).",
+        choices=L1_REDUCTIONS,
+    )
+
+    def _validate(self) -> None:
+        super()._validate()
+        _check_choice("activation", self.activation, SAE_ACTIVATIONS)
+        _check_choice("l1_reduction", self.l1_reduction, L1_REDUCTIONS)
+        if self.activation in ("topk", "legacy_topk") and not 1 <= self.k <= self.num_latents:
+            raise ValueError(f"k={self.k} must be between 1 and the number of latents m={self.num_latents}.")
+        if self.l1_weight < 0:
+            raise ValueError(f"l1_weight must be >= 0, got {self.l1_weight}.")
+
+
+BAEConfig.register_for_auto_class()
+SAEConfig.register_for_auto_class()

@@ -1,0 +1,126 @@
+"""The Binary Autoencoder (Cho et al., "Binary Autoencoder for Mechanistic Interpretability of
+Large Language Models", arXiv 2509.20997) as a transformers `PreTrainedModel`.
+
+    pre   = h W_inᵀ + b_in                      [..., m·bits]
+    codes = Γ(pre) ∈ {0, 1}                      (step forward, estimator backward: `hf_bae.binarize`)
+    ĥ     = act(values(codes) W_outᵀ + b)        values = codes when bits = 1
+
+Training minimises  MSE(h, ĥ) + λ_e · H(codes) + λ_c · Σ_{i≠j} |Cov(codes)|  over minibatches, where
+H is the sum of the codes' binary entropies in the batch (`hf_bae.losses`).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .binarize import binarize, bits_to_values
+from .configuration import BAEConfig
+from .losses import covariance_penalty, minibatch_entropy, reconstruction_loss
+from .modeling_base import DictionaryPreTrainedModel, output_activation
+
+
+@dataclass
+class BAEOutput(ModelOutput):
+    """Output of [`BinaryAutoencoder.forward`].
+
+    Args:
+        loss: the weighted training loss (reconstruction + λ_e·entropy + λ_c·covariance), when computed.
+        reconstruction: ĥ, shaped like the input (or the target).
+        codes: binary codes in {0, 1}, `[..., m·bits]`.
+        pre_activations: encoder outputs before the step, `[..., m·bits]`.
+        reconstruction_loss: element-mean squared error.
+        entropy_loss: minibatch entropy of the codes in bits (before weighting).
+        covariance_loss: Σ_{i≠j} |Cov| of the codes (before weighting).
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    codes: torch.FloatTensor | None = None
+    pre_activations: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    entropy_loss: torch.FloatTensor | None = None
+    covariance_loss: torch.FloatTensor | None = None
+
+
+class BinaryAutoencoder(DictionaryPreTrainedModel):
+    r"""Binary Autoencoder: hidden states → binary codes → reconstruction.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from hf_bae import BAEConfig, BinaryAutoencoder
+    >>> bae = BinaryAutoencoder(BAEConfig(hidden_size=64))
+    >>> out = bae(torch.randn(32, 64))
+    >>> out.codes.shape, float(out.loss) > 0
+    (torch.Size([32, 256]), True)
+    ```
+    """
+
+    config_class = BAEConfig
+
+    def __init__(self, config: BAEConfig):
+        super().__init__(config)
+        self.encoder = nn.Linear(config.hidden_size, config.num_codes, bias=config.encoder_bias)
+        self.decoder = nn.Linear(config.num_latents, config.reconstruction_size, bias=config.decoder_bias)
+        self.post_init()
+
+    def pre_activations(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs before the step, `[..., m·bits]`."""
+        return self.encoder(self._check(hidden_states, self.config.hidden_size, "hidden_states"))
+
+    def _binarize(self, pre: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return binarize(pre, c.estimator, c.estimator_temperature, c.squarewave_cycle)
+
+    def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Binary codes {0, 1} of `[..., d]` hidden states, `[..., m·bits]` (differentiable via the estimator)."""
+        return self._binarize(self.pre_activations(hidden_states))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from `[..., m·bits]` binary codes."""
+        codes = self._check(codes, self.config.num_codes, "codes")
+        values = bits_to_values(codes, self.config.bits)
+        return output_activation(self.config.output_activation)(self.decoder(values))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        target: torch.Tensor | None = None,
+        return_loss: bool = True,
+        entropy_weight: float | None = None,
+        covariance_weight: float | None = None,
+    ) -> BAEOutput:
+        """Encode, decode and (by default) compute the loss terms over the batch.
+
+        Args:
+            hidden_states: `[..., d]` activations; all leading dimensions form the minibatch.
+            target: what to reconstruct (defaults to `hidden_states`).
+            return_loss: compute the loss terms (the covariance costs O(n·m²) time).
+            entropy_weight / covariance_weight: override the config's weights for this call
+                (the training loop passes 0 before the entropy warm-up ends).
+        """
+        pre = self.pre_activations(hidden_states)
+        codes = self._binarize(pre)
+        reconstruction = self.decode(codes)
+        output = BAEOutput(reconstruction=reconstruction, codes=codes, pre_activations=pre)
+        if not return_loss:
+            return output
+
+        c = self.config
+        target = hidden_states if target is None else self._check(target, c.reconstruction_size, "target")
+        flat_codes = codes.reshape(-1, c.num_codes)
+        output.reconstruction_loss = reconstruction_loss(target, reconstruction)
+        output.entropy_loss = minibatch_entropy(flat_codes, c.entropy_threshold)
+        entropy_weight = c.entropy_weight if entropy_weight is None else entropy_weight
+        covariance_weight = c.covariance_weight if covariance_weight is None else covariance_weight
+        loss = output.reconstruction_loss + entropy_weight * output.entropy_loss
+        if covariance_weight > 0:
+            output.covariance_loss = covariance_penalty(flat_codes, c.covariance_chunk_size)
+            loss = loss + covariance_weight * output.covariance_loss
+        output.loss = loss
+        return output
+
+
+BinaryAutoencoder.register_for_auto_class("AutoModel")

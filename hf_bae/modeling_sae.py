@@ -1,0 +1,142 @@
+"""Sparse-autoencoder baselines (ReLU+L1, TopK, JumpReLU) and transcoders as a transformers `PreTrainedModel`.
+
+    pre     = h W_encᵀ + b_enc
+    latents = σ(pre)                          σ chosen by `config.activation`
+    ĥ       = act(latents W_decᵀ + b_dec)
+
+A transcoder is the same model whose config names a different `output_site`: it reads the MLP
+input and is trained to reconstruct the MLP output (pass that as `target`).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .configuration import SAEConfig
+from .losses import l1_penalty, reconstruction_loss
+from .modeling_base import DictionaryPreTrainedModel, output_activation
+
+
+@dataclass
+class SAEOutput(ModelOutput):
+    """Output of [`SparseAutoencoder.forward`].
+
+    Args:
+        loss: reconstruction loss + l1_weight · L1, when computed.
+        reconstruction: ĥ.
+        latents: feature activations after the sparsifying non-linearity, `[..., m]`.
+        pre_activations: encoder outputs, `[..., m]`.
+        reconstruction_loss: element-mean squared error against the target.
+        l1_loss: L1 norm of the latents (before weighting).
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+    pre_activations: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    l1_loss: torch.FloatTensor | None = None
+
+
+def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep exactly the k largest ReLU(pre) per row, zero elsewhere."""
+    values, indices = torch.topk(torch.relu(pre), k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+def legacy_topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """The original code's TopK: keep pre where pre >= the k-th largest value (negatives and ties survive)."""
+    kth = torch.topk(pre, k, dim=-1).values[..., -1:]
+    return pre * (pre >= kth).to(pre.dtype)
+
+
+def latent_activation(config: SAEConfig):
+    """The sparsifying non-linearity named by `config.activation`."""
+    name = config.activation
+    if name == "relu":
+        return torch.relu
+    if name == "topk":
+        return lambda pre: topk_activation(pre, config.k)
+    if name == "legacy_topk":
+        return lambda pre: legacy_topk_activation(pre, config.k)
+    if name == "jumprelu":
+        theta = config.jumprelu_threshold
+        return lambda pre: pre * (pre > theta).to(pre.dtype)
+    return output_activation(name)  # none, sigmoid, tanh
+
+
+class SparseAutoencoder(DictionaryPreTrainedModel):
+    r"""Sparse autoencoder (ReLU+L1, TopK, JumpReLU, ...) or transcoder.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from hf_bae import SAEConfig, SparseAutoencoder
+    >>> sae = SparseAutoencoder(SAEConfig(hidden_size=64, activation="topk", k=8))
+    >>> int((sae(torch.randn(4, 64)).latents > 0).sum(-1).max())
+    8
+    ```
+    """
+
+    config_class = SAEConfig
+
+    def __init__(self, config: SAEConfig):
+        super().__init__(config)
+        self.encoder = nn.Linear(config.hidden_size, config.num_latents, bias=config.encoder_bias)
+        self.decoder = nn.Linear(config.num_latents, config.reconstruction_size, bias=config.decoder_bias)
+        self.post_init()
+
+    def pre_activations(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs before the non-linearity, `[..., m]`."""
+        return self.encoder(self._check(hidden_states, self.config.hidden_size, "hidden_states"))
+
+    def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Feature activations `[..., m]` of `[..., d]` hidden states."""
+        return latent_activation(self.config)(self.pre_activations(hidden_states))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from `[..., m]` feature activations."""
+        latents = self._check(latents, self.config.num_latents, "latents")
+        return output_activation(self.config.output_activation)(self.decoder(latents))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        target: torch.Tensor | None = None,
+        return_loss: bool = True,
+        l1_weight: float | None = None,
+    ) -> SAEOutput:
+        """Encode, decode and (by default) compute the loss.
+
+        Args:
+            hidden_states: `[..., d]` activations at `config.site`.
+            target: what to reconstruct: the activations at `config.output_site` for a transcoder;
+                defaults to `hidden_states`.
+            return_loss: compute the loss terms.
+            l1_weight: override the config's L1 weight for this call (used by the L1 warm-up).
+        """
+        pre = self.pre_activations(hidden_states)
+        latents = latent_activation(self.config)(pre)
+        reconstruction = self.decode(latents)
+        output = SAEOutput(reconstruction=reconstruction, latents=latents, pre_activations=pre)
+        if not return_loss:
+            return output
+        c = self.config
+        if target is None:
+            if c.is_transcoder:
+                raise ValueError(
+                    f"This transcoder reconstructs {c.output_site} from {c.site}: pass the {c.output_site} activations as `target`."
+                )
+            target = hidden_states
+        else:
+            target = self._check(target, c.reconstruction_size, "target")
+        output.reconstruction_loss = reconstruction_loss(target, reconstruction)
+        output.l1_loss = l1_penalty(latents, c.l1_reduction)
+        l1_weight = c.l1_weight if l1_weight is None else l1_weight
+        output.loss = output.reconstruction_loss + l1_weight * output.l1_loss
+        return output
+
+
+SparseAutoencoder.register_for_auto_class("AutoModel")

@@ -20,7 +20,7 @@ def test_streaming_stats_equal_the_in_memory_computation():
     for i in range(0, 300, 64):
         stats.update(features_fired(codes[i : i + 64]), x[i : i + 64], xhat[i : i + 64], codes=codes[i : i + 64])
     s = stats.summary(dense_threshold=0.3)
-    p = codes.mean(0)
+    p = codes.double().mean(0)
     assert s["num_tokens"] == 300 and s["dead_features"] == 1
     assert s["dense_features"] == int((p > 0.3).sum())
     assert s["l0"] == pytest.approx(codes.sum(1).mean().item())

@@ -1,0 +1,1 @@
+"""Feature interpretation: the feature atlas, LLM backends, and the ComSem protocol."""

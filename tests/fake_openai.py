@@ -5,7 +5,10 @@ It answers `POST /v1/chat/completions` (and `GET /v1/models`) on 127.0.0.1. What
 - `responder(request_json) -> str` gives the assistant's text for a normal answer;
 - `rules` is a list of `(substring, actions)`: when the last user message contains `substring`, the
   n-th request carrying that exact prompt is answered with `actions[n]` (and normally once the list
-  runs out). Actions:
+  runs out);
+- `sequence` maps the n-th request received overall (0-based) to an action (checked after `rules`).
+
+Actions:
 
   ``"ok"``          a normal answer;
   ``"429"``         rate limited, with a ``Retry-After`` header;
@@ -48,11 +51,14 @@ class FakeOpenAI:
         self,
         responder: Callable[[dict], str] | None = None,
         rules: Sequence[tuple[str, Sequence[str]]] = (),
+        sequence: dict[int, str] | None = None,
         timeout_delay: float = 2.0,
         retry_after: float = 0.01,
     ):
         self.responder = responder or (lambda request: "Yes")
         self.rules = [(pattern, list(actions)) for pattern, actions in rules]
+        self.sequence = dict(sequence or {})
+        self._received = 0
         self.timeout_delay = timeout_delay
         self.retry_after = retry_after
         self.requests: list[dict] = []
@@ -160,10 +166,12 @@ class FakeOpenAI:
         with self._lock:
             n = self._seen[prompt]
             self._seen[prompt] += 1
+            overall = self._received
+            self._received += 1
         for pattern, actions in self.rules:
             if pattern in prompt:
                 return actions[n] if n < len(actions) else "ok"
-        return "ok"
+        return self.sequence.get(overall, "ok")
 
     def count(self, action: str | None = None) -> int:
         """Number of requests received (with the given action, if any)."""

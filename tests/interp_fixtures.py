@@ -123,4 +123,53 @@ def install_activations_shim() -> None:
     except ImportError:
         module = types.ModuleType("hf_bae.activations")
         module.Site, module.ActivationBatch, module.stream_activations = Site, ActivationBatch, stream_activations
+        module.load_language_model, module.load_texts = load_language_model, load_texts
         sys.modules["hf_bae.activations"] = module
+
+
+def load_language_model(name_or_path="embedded", revision=None, dtype=None, device=None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(name_or_path).eval(), AutoTokenizer.from_pretrained(name_or_path)
+
+
+def load_texts(dataset="embedded", split="train", text_column="text", *, config_name=None, data_files=None,
+               streaming=True, rank=0, world_size=1, max_texts=None):
+    import datasets
+
+    ds = datasets.load_dataset(dataset, config_name, data_files=data_files, split=split, streaming=True)
+    for i, row in enumerate(ds):
+        if max_texts is not None and i >= max_texts:
+            return
+        yield row[text_column]
+
+
+# ----------------------------------------------------------------------------------------------
+# A scripted "LLM" for the fake OpenAI server that knows the corpus' categories.
+# ----------------------------------------------------------------------------------------------
+def category_of(word: str) -> str | None:
+    return next((c for c, ws in CATEGORIES.items() if word in ws), None)
+
+
+def category_llm(body: dict, unparseable_token: str = "horse") -> str:
+    """Explainer: the majority category of the shown tokens. Judge: Yes iff the token's category is in the
+    description; a rambling answer for `unparseable_token`."""
+    import re
+    from collections import Counter
+
+    from fake_openai import last_user_message
+
+    prompt = last_user_message(body)
+    if "Now the tokens to describe:" in prompt:
+        block = prompt.split("Now the tokens to describe:")[1]
+        cats = Counter(category_of(t) for t in re.findall(r'Token: "(.*?)" at position', block))
+        cat = cats.most_common(1)[0][0]
+        return f"**{cat} words**" if cat else "Commonality: function words."
+    if "Now judge this one:" in prompt:
+        block = prompt.split("Now judge this one:")[1]
+        token = re.search(r'Token: "(.*?)" at position', block).group(1)
+        description = re.search(r'Description: "(.*?)"', block).group(1)
+        if token == unparseable_token:
+            return "Perhaps, it depends on the context."
+        return "Yes." if (category_of(token) or "function") in description else "No"
+    return "?"

@@ -171,8 +171,8 @@ class AtlasInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AtlasInfo":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known},
-                   extra={**data.get("extra", {}), **{k: v for k, v in data.items() if k not in known}})
+        extra = {**data.get("extra", {}), **{k: v for k, v in data.items() if k not in known}}
+        return cls(**{k: v for k, v in data.items() if k in known and k != "extra"}, extra=extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,6 +500,8 @@ def atlas_features():
 
 def save_atlas(dataset, info: AtlasInfo, path: str | os.PathLike) -> Path:
     """Save the atlas with `save_to_disk` and its metadata as `atlas.json` in the same folder."""
+    if len(dataset) == 0:
+        raise ValueError("The atlas is empty (no features): nothing to save.")
     path = Path(path)
     dataset.save_to_disk(str(path))
     (path / ATLAS_INFO_FILE).write_text(json.dumps(dataclasses.asdict(info), indent=2, default=str) + "\n")
@@ -515,7 +517,9 @@ def load_atlas(path: str | os.PathLike):
     if not info_file.is_file():
         raise ValueError(f"{path} is not a feature atlas (no {ATLAS_INFO_FILE}): build one with `hf-bae atlas`.")
     info = AtlasInfo.from_dict(json.loads(info_file.read_text()))
-    dataset = datasets.load_from_disk(str(path))
+    state = json.loads((path / "state.json").read_text()) if (path / "state.json").is_file() else {}
+    # datasets cannot load a saved dataset with no rows (it has no data files).
+    dataset = datasets.load_from_disk(str(path)) if state.get("_data_files", [None]) else []
     if len(dataset) == 0:
         raise ValueError(f"The atlas at {path} is empty (no features): rebuild it with `hf-bae atlas` over a non-empty corpus.")
     return dataset, info

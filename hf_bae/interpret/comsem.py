@@ -75,9 +75,9 @@ class ComSemConfig:
         0.5, "A feature counts as interpretable when its ComSem score is >= this (the paper states no threshold; this one is ours)."
     )
     max_features: int | None = _field(
-        None, "Interpret a random sample of this many features (seeded by --seed; the same subset for every dictionary of equal width). None = all."
+        None, "Interpret a random sample of this many features (seeded by --features_seed; the same subset for every dictionary of equal width). None = all."
     )
-    seed: int = _field(0, "Seed of the --max_features sample.")
+    features_seed: int = _field(0, "Seed of the --max_features sample.")
     explain_max_tokens: int | None = _field(
         None, "Cap on the explainer's answer length in tokens (None = the server's default, as the original)."
     )
@@ -297,8 +297,8 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
     Returns:
         A `ComSemRun`; `summary` also holds per-status feature counts and the ledger. With
         `client.dry_run`, nothing is sent and `ledger["would_call"]` counts the explainer calls and
-        the judge calls of the features whose explanation is already cached; `summary["judge_calls_upper_bound"]`
-        adds the judge calls of the others.
+        the judge calls of the features whose explanation is already cached;
+        `summary["judge_calls_pending_explanations"]` counts the judge calls of the others.
     """
     config = config or ComSemConfig()
     if len(atlas) == 0:
@@ -307,7 +307,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
     if missing:
         raise ValueError(f"This is not a feature atlas: columns {sorted(missing)} are missing. Build one with `hf-bae atlas`.")
     n = len(atlas)
-    chosen = set(select_features(n, config.max_features, config.seed))
+    chosen = set(select_features(n, config.max_features, config.features_seed))
     rows = atlas.select_columns(["feature", "samples", "non_activating"])
     results: dict[int, FeatureResult] = {}
     explain_requests: list[ChatRequest] = []
@@ -327,7 +327,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
     answers = client.complete_many(explain_requests, desc="explain")
     judge_requests: list[ChatRequest] = []
     judge_meta: list[tuple[int, int, str]] = []  # (feature, sample_index, split)
-    judge_upper_bound = 0
+    judge_pending = 0  # judge calls of features whose explainer call was not made
     for row, answer in zip(explain_rows, answers):
         f = int(row["feature"])
         tests = row["samples"][config.explain_samples : config.explain_samples + config.max_test_samples]
@@ -335,7 +335,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
         if not answer.ok:
             pending = answer.error in ("dry_run", "budget_exhausted")
             results[f] = FeatureResult(f, STATUS_PENDING if pending else STATUS_EXPLAIN_FAILED)
-            judge_upper_bound += len(tests) + len(negatives)
+            judge_pending += (len(tests) + len(negatives)) if pending else 0
             continue
         explanation = parse_explanation(answer.text)
         if explanation is None:
@@ -355,7 +355,6 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
             results[f].verdicts.append({"sample_index": index, "split": split, "answer": parse_answer(answer.text)})
         else:
             results[f].judge_failures += 1
-    judge_upper_bound += len(judge_requests)
 
     vf, vs, va = [], [], []
     for r in results.values():
@@ -376,6 +375,6 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
     summary["features_explained"] = sum(r.explanation is not None and r.status != STATUS_EXPLANATION_UNPARSEABLE
                                         for r in ordered)
     summary["judge_failures"] = sum(r.judge_failures for r in ordered)
-    summary["judge_calls_upper_bound"] = judge_upper_bound
+    summary["judge_calls_pending_explanations"] = judge_pending
     summary["protocol"] = asdict(config)
     return run

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,20 +213,21 @@ def build_or_reuse_atlases(
     corpus: CorpusArguments,
     dict_args: DictionaryArguments,
     atlas_config: AtlasConfig,
-    folders: dict[str, Path] | None = None,
+    folder_for: Callable[[str], Path] | None = None,
     progress: bool = True,
 ) -> list[tuple[LoadedDictionary, Any, AtlasInfo, Path | None]]:
     """Load the dictionaries and build their atlases in one activation stream.
 
-    `folders` maps a dictionary name to where its atlas is saved; an atlas already there, built with the
+    `folder_for(name)` says where a dictionary's atlas is saved; an atlas already there, built with the
     same dictionary and settings, is reused instead of rebuilt (so an interrupted `interpret` resumes).
     """
     entries = load_dictionaries(dict_args, atlas_config.random_features, atlas_config.seed, corpus.device)
+    folders = {e.name: folder_for(e.name) for e in entries} if folder_for else {}
     base_model = resolve_base_model(corpus, entries)
     settle_random_width(entries, dict_args, atlas_config, None)
     results: dict[str, tuple[Any, AtlasInfo]] = {}
     for e in entries:
-        folder = (folders or {}).get(e.name)
+        folder = folders.get(e.name)
         if folder is None or not (folder / ATLAS_INFO_FILE).is_file() or (e.kind == "random" and not e.dictionary.num_features):
             continue
         dataset, info = load_atlas(folder)
@@ -256,13 +257,13 @@ def build_or_reuse_atlases(
         for e, (dataset, info) in zip(todo, built):
             info.extra["settings_hash"] = _settings_hash(corpus, atlas_config, info.dictionary_fingerprint, base_model)
             info.extra["name"] = e.name
-            folder = (folders or {}).get(e.name)
+            folder = folders.get(e.name)
             if folder is not None:
                 save_atlas(dataset, info, folder)
                 dataset, info = load_atlas(folder)  # memory-mapped from disk from now on
             results[e.name] = (dataset, info)
         del model
-    return [(e, *results[e.name], (folders or {}).get(e.name)) for e in entries]
+    return [(e, *results[e.name], folders.get(e.name)) for e in entries]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,9 +426,7 @@ def run_interpret(
             items.append((entry or LoadedDictionary(name, RandomBaseline(info.num_features, info.seed), info.dictionary_path),
                           dataset, info, None))
     else:
-        names = [d.name for d in load_dictionaries(dict_args, 1)] if dict_args.dictionary or dict_args.type else []
-        folders = {n: out / n / "atlas" for n in names}
-        items = build_or_reuse_atlases(corpus, dict_args, atlas_config, folders, progress)
+        items = build_or_reuse_atlases(corpus, dict_args, atlas_config, lambda name: out / name / "atlas", progress)
 
     if no_interpret:
         stats = [{"name": e.name, **{k: getattr(info, k) for k in ("dictionary_type", "num_features", "num_tokens",

@@ -56,7 +56,7 @@ def word_tokenizer():
     return fast
 
 
-def tiny_lm(num_layers: int = 2, hidden_size: int = 16):
+def word_lm(num_layers: int = 2, hidden_size: int = 16):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = word_tokenizer()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fake_openai import FakeOpenAI
-from interp_fixtures import category_llm, corpus, install_activations_shim, tiny_lm
+from interp_fixtures import category_llm, corpus, install_activations_shim, word_lm
 
 install_activations_shim()
 
@@ -23,14 +23,18 @@ KEY = "sk-e2e-SECRET-0123456789"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("interp")
-    model, tok = tiny_lm()
+    model, tok = word_lm()
     model.save_pretrained(root / "lm")
     tok.save_pretrained(root / "lm")
     (root / "corpus.txt").write_text("\n".join(corpus(30)) + "\n")
     torch.manual_seed(3)
-    BinaryAutoencoder(BAEConfig(hidden_size=16, expansion_factor=2, layer=1, base_model=str(root / "lm"))).save_pretrained(root / "bae")
-    SparseAutoencoder(SAEConfig(hidden_size=16, expansion_factor=2, layer=1, activation="topk", k=4,
-                                base_model=str(root / "lm"))).save_pretrained(root / "topk")
+    bae = BinaryAutoencoder(BAEConfig(hidden_size=16, expansion_factor=2, layer=1, base_model=str(root / "lm")))
+    topk = SparseAutoencoder(SAEConfig(hidden_size=16, expansion_factor=2, layer=1, activation="topk", k=4,
+                                       base_model=str(root / "lm")))
+    for d, name in ((bae, "bae"), (topk, "topk")):
+        # The tiny random LM's residual stream is small: random encoder biases would decide every code.
+        d.encoder.bias.data.zero_()
+        d.save_pretrained(root / name)
     return root
 
 

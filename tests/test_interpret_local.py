@@ -4,7 +4,7 @@ chat model; the slow test runs the embedded SmolLM2-135M-Instruct end to end."""
 import pytest
 import torch
 
-from interp_fixtures import install_activations_shim, tiny_lm
+from interp_fixtures import install_activations_shim, word_lm
 
 install_activations_shim()
 
@@ -16,7 +16,7 @@ def req(text, **kw):
 
 
 def test_batched_generation_equals_one_by_one_and_is_cached(tmp_path):
-    model, tok = tiny_lm()
+    model, tok = word_lm()
     backend = TransformersBackend("tiny-test", model_obj=model, tokenizer=tok, batch_size=4, max_new_tokens=5)
     prompts = [req("cat"), req("the red dog runs near a big horse"), req("one two", max_tokens=3), req("blue")]
     batched = LLMClient(backend, tmp_path / "c.sqlite", progress=False).complete_many(prompts)
@@ -31,7 +31,7 @@ def test_batched_generation_equals_one_by_one_and_is_cached(tmp_path):
 
 
 def test_a_model_without_chat_template_is_refused():
-    model, tok = tiny_lm()
+    model, tok = word_lm()
     tok.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         TransformersBackend("tiny", model_obj=model, tokenizer=tok)

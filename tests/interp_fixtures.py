@@ -160,16 +160,17 @@ def category_llm(body: dict, unparseable_token: str = "horse") -> str:
     from fake_openai import last_user_message
 
     prompt = last_user_message(body)
-    if "Now the tokens to describe:" in prompt:
-        block = prompt.split("Now the tokens to describe:")[1]
-        cats = Counter(category_of(t) for t in re.findall(r'Token: "(.*?)" at position', block))
-        cat = cats.most_common(1)[0][0]
-        return f"**{cat} words**" if cat else "Commonality: function words."
-    if "Now judge this one:" in prompt:
-        block = prompt.split("Now judge this one:")[1]
-        token = re.search(r'Token: "(.*?)" at position', block).group(1)
-        description = re.search(r'Description: "(.*?)"', block).group(1)
+    if is_judge(prompt):
+        token = re.search(r'Token: "(.*?)" at position', prompt).group(1)
+        description = re.search(r'Description: "(.*?)"', prompt).group(1)
         if token == unparseable_token:
             return "Perhaps, it depends on the context."
         return "Yes." if (category_of(token) or "function") in description else "No"
-    return "?"
+    cats = Counter(category_of(t) for t in re.findall(r'Token: "(.*?)" at position', prompt))
+    cat = cats.most_common(1)[0][0]
+    return f"**{cat} words**" if cat else "Commonality: function words."
+
+
+def is_judge(prompt: str) -> bool:
+    """Whether the last user message of a ComSem request is a judge query (else an explainer query)."""
+    return 'Description: "' in prompt

@@ -5,7 +5,7 @@ import datasets
 import pytest
 
 from fake_openai import FakeOpenAI
-from interp_fixtures import category_llm
+from interp_fixtures import category_llm, is_judge
 from hf_bae.interpret.atlas import atlas_features
 from hf_bae.interpret.comsem import ComSemConfig, parse_answer, parse_explanation, run_comsem, summarize_verdicts
 from hf_bae.interpret.llm import LLMClient, OpenAIBackend
@@ -119,8 +119,9 @@ def test_protocol_on_a_hand_made_atlas(tmp_path):
     assert run.ledger["failed"] == {"server_error": 1} and run.ledger["retried"] == {"server_error": 1}
     # Explainers see 5 samples, judges one; nobody sees an activation value.
     assert all(str(SCORE)[:6] not in p for p in prompts)
-    explain = [p for p in prompts if "Now the tokens to describe" in p and "zebra" not in p]
-    assert len(explain) == 3 and all(p.split("Now the tokens to describe:")[1].count("Token:") == 5 for p in explain)
+    explain = [p for p in prompts if not is_judge(p) and "zebra" not in p]
+    assert len(explain) == 3 and all(p.count("Token:") == 5 for p in explain)
+    assert all(p.count("Token:") == 1 for p in prompts if is_judge(p))
 
 
 def test_dry_run_counts_calls_and_resume_pays_nothing_twice(tmp_path):

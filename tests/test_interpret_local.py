@@ -36,3 +36,35 @@ def test_a_model_without_chat_template_is_refused():
     with pytest.raises(ValueError, match="no chat template"):
         TransformersBackend("tiny", model_obj=model, tokenizer=tok)
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.slow
+def test_interpret_with_the_embedded_smollm2_as_explainer_and_judge(tmp_path, capsys):
+    """The whole pipeline offline: SmolLM2-135M-Instruct is the language model, the explainer and the judge."""
+    import json
+
+    from hf_bae import BAEConfig, BinaryAutoencoder
+    from hf_bae.cli import main
+
+    torch.manual_seed(0)
+    BinaryAutoencoder(BAEConfig(hidden_size=576, latent_size=64, layer=3, base_model="embedded")).save_pretrained(tmp_path / "bae")
+    argv = ["interpret", "--dictionary", str(tmp_path / "bae"), "random", "--backend", "transformers",
+            "--num_texts", "12", "--context_length", "64", "--max_features", "3", "--max_test_samples", "2",
+            "--num_negatives", "2", "--explain_max_tokens", "16", "--judge_max_tokens", "3",
+            "--cache", str(tmp_path / "cache.sqlite"), "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["dictionary_type"] for r in results] == ["BAE", "random"]
+    assert all(r["judge"]["backend"] == "transformers@embedded" for r in results)
+    ledger = json.loads((tmp_path / "out" / "ledger.json").read_text())
+    assert sum(l["calls"] for l in ledger.values()) > 0 and not any(l["failed"] for l in ledger.values())
+    from hf_bae.interpret.atlas import load_atlas
+
+    atlas, _ = load_atlas(tmp_path / "out" / "bae" / "interpreted")
+    explained = [r for r in atlas if r["explanation"]]
+    assert explained and all(len(r["explanation"]) < 200 for r in explained)
+    print("\n".join(f"feature {r['feature']}: {r['explanation']!r} score {r['comsem_score']}" for r in explained))
+    # A rerun is answered from the cache.
+    assert main(argv) == 0
+    ledger = json.loads((tmp_path / "out" / "ledger.json").read_text())
+    assert sum(l["calls"] for l in ledger.values()) == 0

@@ -15,7 +15,7 @@ EXPLAIN_SYSTEM = "You find what a set of tokens has in common and name it in a f
 JUDGE_SYSTEM = "You check whether a short description fits a token in its context. You answer only Yes or No."
 
 EXPLAIN_INSTRUCTIONS = """\
-Each line below shows one token, its position in its sentence (counted in model tokens, so it is approximate) \
+Each line of a message shows one token, its position in its sentence (counted in model tokens, so it is approximate) \
 and the sentence it occurs in. Find the property that these tokens share in their contexts and name it as \
 specifically as the examples allow, for instance "modal verbs of obligation", "surnames of politicians" or \
 "closing parentheses".
@@ -111,8 +111,8 @@ EXPLAIN_EXAMPLES: list[tuple[list[tuple[str, int, str]], str]] = [
 ]
 
 JUDGE_INSTRUCTIONS = """\
-You see one token, its approximate position (in model tokens) and the sentence it occurs in, followed by a \
-candidate description. Answer "Yes" if the description fits this token in this context, and "No" if it does not.
+Each message shows one token, its approximate position (in model tokens) and the sentence it occurs in, \
+followed by a candidate description. Answer "Yes" if the description fits this token in this context, and "No" if it does not.
 Reply with exactly one word: Yes or No.
 """
 
@@ -152,20 +152,29 @@ def sample_line(token: str, position: int, context: str) -> str:
 
 
 def explain_prompt(samples: list[tuple[str, int, str]]) -> list[dict[str, str]]:
-    """Chat messages asking for the commonality of `samples` ((token, position, context) triples)."""
-    parts = [EXPLAIN_INSTRUCTIONS]
-    for n, (example, answer) in enumerate(EXPLAIN_EXAMPLES, 1):
-        lines = "\n".join(sample_line(*s) for s in example)
-        parts.append(f"Example {n}:\n{lines}\nCommonality: {answer}\n")
-    lines = "\n".join(sample_line(*s) for s in samples)
-    parts.append(f"Now the tokens to describe:\n{lines}\nCommonality:")
-    return [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": "\n".join(parts)}]
+    """Chat messages asking for the commonality of `samples` ((token, position, context) triples).
+
+    The few-shot examples are earlier turns of the chat (user: samples, assistant: answer). Small local
+    chat models follow this far better than one long message: SmolLM2-135M-Instruct echoed the prompt
+    when the examples were inlined, and answered with a phrase when they were turns.
+    """
+    messages = [{"role": "system", "content": f"{EXPLAIN_SYSTEM}\n{EXPLAIN_INSTRUCTIONS}"}]
+    for example, answer in EXPLAIN_EXAMPLES:
+        messages.append({"role": "user", "content": "\n".join(sample_line(*s) for s in example)})
+        messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "user", "content": "\n".join(sample_line(*s) for s in samples)})
+    return messages
+
+
+def judge_query(sample: tuple[str, int, str], description: str) -> str:
+    return f'{sample_line(*sample)}\nDescription: "{description}"'
 
 
 def judge_prompt(sample: tuple[str, int, str], description: str) -> list[dict[str, str]]:
-    """Chat messages asking whether `description` fits `sample` ((token, position, context))."""
-    parts = [JUDGE_INSTRUCTIONS]
-    for n, (token, position, sentence, desc, answer) in enumerate(JUDGE_EXAMPLES, 1):
-        parts.append(f"Example {n}:\n{sample_line(token, position, sentence)}\nDescription: \"{desc}\"\nAnswer: {answer}\n")
-    parts.append(f"Now judge this one:\n{sample_line(*sample)}\nDescription: \"{description}\"\nAnswer:")
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": "\n".join(parts)}]
+    """Chat messages asking whether `description` fits `sample` ((token, position, context)); few-shot as turns."""
+    messages = [{"role": "system", "content": f"{JUDGE_SYSTEM}\n{JUDGE_INSTRUCTIONS}"}]
+    for token, position, sentence, desc, answer in JUDGE_EXAMPLES:
+        messages.append({"role": "user", "content": judge_query((token, position, sentence), desc)})
+        messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "user", "content": judge_query(sample, description)})
+    return messages

@@ -15,13 +15,18 @@ def req(text, **kw):
     return ChatRequest.from_messages([{"role": "system", "content": "be brief"}, {"role": "user", "content": text}], **kw)
 
 
-def test_batched_generation_equals_one_by_one_and_is_cached(tmp_path):
+def test_batched_and_prefix_cached_generation_equal_one_by_one_and_are_cached(tmp_path):
     model, tok = word_lm()
-    backend = TransformersBackend("tiny-test", model_obj=model, tokenizer=tok, batch_size=4, max_new_tokens=5)
+    backend = TransformersBackend("tiny-test", model_obj=model, tokenizer=tok, batch_size=4, max_new_tokens=5, prefix_cache=False)
     prompts = [req("cat"), req("the red dog runs near a big horse"), req("one two", max_tokens=3), req("blue")]
     batched = LLMClient(backend, tmp_path / "c.sqlite", progress=False).complete_many(prompts)
-    single = [TransformersBackend("tiny-test", model_obj=model, tokenizer=tok, batch_size=1, max_new_tokens=5).generate([p])[0] for p in prompts]
-    assert [r.text for r in batched] == [r.text for r in single]
+    single = [TransformersBackend("tiny-test", model_obj=model, tokenizer=tok, batch_size=1, max_new_tokens=5,
+                                  prefix_cache=False).generate([p])[0] for p in prompts]
+    prefixed = TransformersBackend("tiny-test", model_obj=model, tokenizer=tok, max_new_tokens=5)
+    reused = prefixed.generate(prompts)
+    assert len(prefixed._prefixes) == 1  # the shared system turn, computed once
+    assert [r.text for r in batched] == [r.text for r in single] == [r.text for r in reused]
+    assert [r.prompt_tokens for r in reused] == [r.prompt_tokens for r in single]
     assert all(r.ok and 0 < r.completion_tokens <= 5 for r in batched) and batched[2].completion_tokens <= 3
     assert batched[1].prompt_tokens > batched[0].prompt_tokens
     assert tok.padding_side == "right"  # restored
@@ -48,13 +53,13 @@ def test_interpret_with_the_embedded_smollm2_as_explainer_and_judge(tmp_path, ca
 
     torch.manual_seed(0)
     BinaryAutoencoder(BAEConfig(hidden_size=576, latent_size=64, layer=3, base_model="embedded")).save_pretrained(tmp_path / "bae")
-    argv = ["interpret", "--dictionary", str(tmp_path / "bae"), "random", "--backend", "transformers",
-            "--num_texts", "12", "--context_length", "64", "--max_features", "3", "--max_test_samples", "2",
-            "--num_negatives", "2", "--explain_max_tokens", "16", "--judge_max_tokens", "3",
+    argv = ["interpret", "--dictionary", str(tmp_path / "bae"), "--backend", "transformers",
+            "--num_texts", "12", "--context_length", "32", "--max_context_tokens", "8", "--max_features", "2",
+            "--max_test_samples", "1", "--num_negatives", "1", "--explain_max_tokens", "12", "--judge_max_tokens", "2",
             "--cache", str(tmp_path / "cache.sqlite"), "--output_dir", str(tmp_path / "out")]
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["dictionary_type"] for r in results] == ["BAE", "random"]
+    assert [r["dictionary_type"] for r in results] == ["BAE"]
     assert all(r["judge"]["backend"] == "transformers@embedded" for r in results)
     ledger = json.loads((tmp_path / "out" / "ledger.json").read_text())
     assert sum(l["calls"] for l in ledger.values()) > 0 and not any(l["failed"] for l in ledger.values())

@@ -49,9 +49,9 @@ def test_interpret_end_to_end_with_failures_cache_and_no_key_leak(setup, tmp_pat
     out, cache = tmp_path / "out", tmp_path / "cache.sqlite"
     argv = ["interpret", "--dictionary", str(root / "bae"), str(root / "topk"), "random", *common(root),
             "--base_url", "", "--llm", "fake-model", "--cache", str(cache), "--output_dir", str(out),
-            "--timeout", "1", "--backoff_base", "0.01", "--max_retries", "3", "--max_features", "6", "--concurrency", "4"]
+            "--timeout", "3", "--backoff_base", "0.01", "--max_retries", "3", "--max_features", "6", "--concurrency", "4"]
     sequence = {0: "429", 3: "500", 6: "timeout", 9: "malformed", 12: "no_choices"}
-    with FakeOpenAI(responder=category_llm, sequence=sequence, timeout_delay=2.0) as server:
+    with FakeOpenAI(responder=category_llm, sequence=sequence, timeout_delay=4.0) as server:
         argv[argv.index("--base_url") + 1] = server.base_url
         assert main(argv) == 0
         first = server.count()

@@ -26,14 +26,14 @@ def req(text: str, **kw) -> ChatRequest:
 
 
 def backend(server, **kw) -> OpenAIBackend:
-    kw = {"timeout": 0.5, "max_retries": 3, "backoff_base": 0.01, "concurrency": 4, **kw}
+    kw = {"timeout": 2.0, "max_retries": 3, "backoff_base": 0.01, "concurrency": 4, **kw}
     return OpenAIBackend(model="fake-model", base_url=server.base_url, api_key=KEY, **kw)
 
 
 def test_scripted_failures_are_retried_counted_and_cached(tmp_path):
     rules = [("rate", ["429"]), ("flaky", ["500", "500"]), ("slow", ["timeout"]), ("garbled", ["malformed"]),
              ("empty", ["no_choices"]), ("broken", ["500"] * 10)]
-    with FakeOpenAI(responder=lambda body: "Yes.", rules=rules, timeout_delay=1.5) as server:
+    with FakeOpenAI(responder=lambda body: "Yes.", rules=rules, timeout_delay=3.0) as server:
         client = LLMClient(backend(server), tmp_path / "cache.sqlite", progress=False)
         prompts = ["normal", "rate", "flaky", "slow", "garbled", "empty", "broken"]
         results = client.complete_many([req(p) for p in prompts])

@@ -256,7 +256,7 @@ class _Scorer:
 
     needs_first_pass = False
 
-    def __init__(self, dictionary: Any, config: AtlasConfig, generator_seed: int):
+    def __init__(self, dictionary: Any, config: AtlasConfig):
         self.dictionary = dictionary
         self.kind = dictionary_type(dictionary)
         self.config = config
@@ -594,7 +594,7 @@ def build_atlases(
     config = config or AtlasConfig()
     if not dictionaries:
         raise ValueError("No dictionary given: pass at least one dictionary or RandomBaseline.")
-    scorers = [_Scorer(d, config, config.seed) for d in dictionaries]
+    scorers = [_Scorer(d, config) for d in dictionaries]
     sites = sorted({s.site for s in scorers if s.site is not None})
     # The random baseline needs only the tokens: the cheapest site lets the stream stop after layer 0.
     stream_sites = [Site.parse(s) for s in sites] or [Site(0, "resid_post")]

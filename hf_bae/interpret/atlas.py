@@ -89,6 +89,8 @@ def _field(default: Any, help: str, **metadata: Any) -> Any:
 class AtlasConfig:
     """How samples are chosen. Defaults are the original code's (`evaluate_interp.py`)."""
 
+    _argument_group_name = 'Atlas options (sample selection)'  # its --help section
+
     top_k: int = _field(10, "Each token joins the sample lists of its top_k features (the paper's quota).")
     selection: str = _field(
         "corpus",

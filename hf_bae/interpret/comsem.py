@@ -64,6 +64,8 @@ def _field(default: Any, help: str, **metadata: Any) -> Any:
 class ComSemConfig:
     """Options of the ComSem protocol. Defaults are the original code's (`evaluate_interp.py`)."""
 
+    _argument_group_name = 'ComSem protocol options'  # its --help section
+
     explain_samples: int = _field(
         5, "Samples shown to the explainer (the original's interpretation_length). A feature needs at least one more to be scored."
     )

@@ -788,6 +788,8 @@ def _field(default: Any, help: str, **metadata: Any) -> Any:
 class LLMConfig:
     """Which LLM explains and judges, and how it is called."""
 
+    _argument_group_name = 'LLM options (explainer and judge)'  # its --help section
+
     backend: str = _field(
         "openai", "openai: any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama); transformers: a local chat model.",
         choices=BACKENDS,

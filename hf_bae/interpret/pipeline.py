@@ -57,6 +57,8 @@ def _field(default: Any, help: str, **metadata: Any) -> Any:
 class CorpusArguments:
     """The language model and the texts the atlas is built from (defaults: the original's corpus size)."""
 
+    _argument_group_name = 'Corpus options (language model and texts)'  # its --help section
+
     base_model: str | None = _field(
         None, "Language model: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a folder. Default: the "
         "dictionary's recorded base_model, else 'embedded'.", aliases=["--LM_name"],
@@ -87,6 +89,8 @@ class CorpusArguments:
 @dataclass
 class DictionaryArguments:
     """Which dictionaries to interpret."""
+
+    _argument_group_name = 'Dictionary options'  # its --help section
 
     dictionary: list[str] = _field(
         [], "Trained dictionary folders (or Hub ids), and/or 'random' for the random baseline, e.g. "

@@ -516,8 +516,9 @@ def _push(names: dict[str, LocalDictionary], repo_id: str, opts: PushOptions, to
         raise ValueError(f"{repo_id} holds dictionaries in subfolders ({', '.join(f for f in remote if f)}): push with layout='subfolders'.")
     if layout == "subfolders" and "" in remote:
         raise ValueError(
-            f"{repo_id} holds one dictionary at its root, and a repo with several keeps each in a subfolder. Push to another repo, "
-            "or replace it with layout='root' and overwrite=True."
+            f"{repo_id} holds one dictionary at its root (loaded without subfolder=), so it cannot take more without breaking "
+            "that. Push these to another repo, or replace it with layout='root' and overwrite=True; a repo meant to grow "
+            "hookpoint by hookpoint starts with layout='subfolders' (--layout subfolders)."
         )
     targets = {("" if layout == "root" else name): d for name, d in names.items()}
     clashes = [t for t in targets if t in remote]

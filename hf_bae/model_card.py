@@ -210,6 +210,11 @@ def format_metric(key: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
+def _example(rows: list[dict]) -> dict:
+    """The dictionary the usage snippet shows: a residual-stream one (simplest to feed), BAEs first."""
+    return min(rows, key=lambda r: (r["site"] != "resid_post" or r["layer"] is None, not r["is_bae"]))
+
+
 def render_card(entries: Sequence[CardEntry], repo_id: str, *, license: str | None = "mit",
                 atlas_repo: str | None = None, tags: Sequence[str] = ()):
     """The README of a repo holding `entries`, as a `huggingface_hub.ModelCard`."""
@@ -252,7 +257,7 @@ def render_card(entries: Sequence[CardEntry], repo_id: str, *, license: str | No
         repo_id=repo_id,
         title=repo_id.split("/")[-1],
         rows=rows,
-        example=rows[0],
+        example=_example(rows),
         columns=columns,
         metric_help=[(label, help_text[key]) for key, label in columns],
         base_models=sorted({e.config.get("base_model") or "an unrecorded model" for e in entries}),

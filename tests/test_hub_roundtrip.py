@@ -42,6 +42,13 @@ PUSH = """
     }
     model = SparseAutoencoder.from_pretrained(run + "/topk")
     result = model.push_to_hub("%(pushed)s", subfolder="layers.1.resid_post", eval_results={"fvu": 0.125, "l0": 4.0})
+    # A repo that grows run by run, then has one dictionary replaced by a version without plots:
+    codes["grow_1"] = main(["push", run, "tester/grow", "--only", "relu", "--layout", "subfolders"])
+    codes["grow_2"] = main(["push", run, "tester/grow", "--only", "bae", "topk"])
+    import shutil
+    shutil.copytree(run, out + ".run")
+    shutil.rmtree(out + ".run/relu/plots")
+    codes["grow_overwrite"] = main(["push", out + ".run", "tester/grow", "--only", "relu", "--overwrite"])
     # Then pushes that must fail, each with its own fault injected by the test:
     codes["commit_always_fails"] = main(["push", run, "tester/flaky", "--max_retries", "2", "--retry_wait", "0"])
     codes["lfs_refused"] = main(["push", new_run, "tester/lfs-refused", "--retry_wait", "0"])
@@ -110,6 +117,19 @@ def test_push_commits_each_repo_once_and_retries_a_failed_commit(pushed):
     assert {"config.json", "model.safetensors", "README.md"} <= set(hub.files(SINGLE))
     assert result["pushed"] == {"layers.1.resid_post": "layers.1.resid_post"}
     assert "layers.1.resid_post/model.safetensors" in hub.files(PUSHED)
+
+
+def test_a_repo_grows_push_by_push_and_overwrite_replaces_stale_files(pushed):
+    hub, codes = pushed["hub"], pushed["result"]["codes"]
+    assert codes["grow_1"] == codes["grow_2"] == codes["grow_overwrite"] == 0
+    assert len(hub.commits("tester/grow")) == 4
+    files = hub.files("tester/grow")
+    assert "layers.0.mlp_out/plots/loss.png" not in files  # gone with the replaced version
+    assert "layers.0.mlp_out/model.safetensors" in files and "layers.1.resid_post.bae/plots/loss.png" in files
+    card = ModelCard(files["README.md"].decode())  # rewritten by each push, it lists all three
+    configs = {r.dataset_config for r in card.data.eval_results}
+    assert configs == set(NAMES.values())
+    assert "layers.0.mlp_out/plots/loss.png" not in card.text and "layers.1.resid_post.topk/plots/loss.png" in card.text
 
 
 def test_feature_atlas_is_a_dataset_linked_from_the_card(pushed):
@@ -253,4 +273,5 @@ def test_failed_uploads_are_reported_and_leave_nothing_half_written(pushed):
     assert hub.commits("tester/flaky") == ["initial commit"]
     assert hub.commits("tester/lfs-refused") == ["initial commit"]
     assert hub.commits("tester/no-token") == []
-    assert pushed["stdout"].count("Committed ") == 2
+    for repo in ("flaky", "lfs-refused", "lossy", "no-token"):
+        assert f"tester/{repo}/commit" not in pushed["stdout"]  # the lossy commit exists, but was not reported as a success

@@ -70,7 +70,8 @@ def test_card_metadata_validates_and_model_index_is_readable(run, tmp_path):
     assert got[("layers.1.resid_post.bae", "comsem_score")] == 0.42
     text = card.text
     # usage (both loading paths), provenance, metrics table, plots, citation
-    assert 'AutoModel.from_pretrained("tester/dicts", subfolder="layers.0.mlp_out")' in text
+    assert 'AutoModel.from_pretrained("tester/dicts", subfolder="layers.1.resid_post.bae")' in text  # a residual-stream BAE
+    assert "output_hidden_states=True).hidden_states[2]" in text and "codes = dictionary.encode(hidden)" in text
     assert "trust_remote_code=True" in text and 'hf_bae.load_all("tester/dicts")' in text
     assert "the output of layer 0's MLP" in text and "`hidden_states[2]`" in text
     assert "| FVU |" in text and "| Code entropy (bits) |" in text and "| ComSem |" in text

@@ -37,7 +37,8 @@ def main(argv: list[str]) -> int:
         options, positional = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
         parser.error(str(err))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(format="%(message)s")  # warnings of every library; progress of ours only
+    logging.getLogger("hf_bae").setLevel(logging.INFO)
     try:
         result = push_run(positional.run_dir, positional.repo_id, **dataclasses.asdict(options))
     except (ValueError, HubUploadError) as err:

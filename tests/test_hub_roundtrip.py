@@ -3,7 +3,6 @@ that huggingface_hub, transformers, datasets and sae_lens use. Clients run in fr
 HF_ENDPOINT pointing at it (huggingface_hub reads its endpoint at import)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

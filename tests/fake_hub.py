@@ -151,7 +151,7 @@ class FakeHub:
         """Environment variables that point huggingface_hub (in a new process) at this server."""
         import os
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}  # offline flags, caches
         env.update(
             HF_ENDPOINT=self.url,
             HF_TOKEN="hf_fake_token_for_tests",

@@ -1,4 +1,4 @@
-"""Helpers shared by the sub-commands: logging set-up and turning user errors into a clear exit."""
+"""Helpers shared by sub-commands: logging set-up and turning user errors into a clear exit."""
 
 import logging
 import sys
@@ -6,10 +6,9 @@ from collections.abc import Callable
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # httpx logs every request at INFO: too chatty for thousands of LLM calls.
-    for name in ("httpx", "httpx2", "httpcore", "openai"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Warnings from every library, progress messages from hf_bae only (as `hf-bae push`)."""
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("hf_bae").setLevel(logging.INFO)
 
 
 def run_or_explain(prog: str, fn: Callable[[], int]) -> int:

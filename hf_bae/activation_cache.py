@@ -161,20 +161,28 @@ def _read_header(f: Any, path: Path) -> tuple[dict[str, Any], int]:
     return json.loads(text), 8 + length
 
 
-def _read_rows(f: Any, header: dict[str, Any], data_start: int, name: str, lo: int, hi: int, path: Path) -> torch.Tensor:
-    """Rows [lo, hi) of tensor `name` by plain reads (no mmap: resident memory stays what we keep)."""
+def _tensor_info(header: dict[str, Any], name: str) -> tuple[torch.dtype, list[int], int]:
     entry = header[name]
     dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
     shape = entry["shape"]
-    row_elems = math.prod(shape[1:])
-    row_bytes = row_elems * torch.empty((), dtype=dtype).element_size()
+    return dtype, shape[1:], math.prod(shape[1:]) * dtype.itemsize
+
+
+def _read_rows(
+    f: Any, header: dict[str, Any], data_start: int, name: str, lo: int, hi: int, path: Path, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rows [lo, hi) of tensor `name`, read into `out` (or a new tensor) by plain reads.
+
+    No mmap: resident memory is what we keep, not the pages of a multi-GB file we touched.
+    """
+    dtype, row_shape, row_bytes = _tensor_info(header, name)
+    if out is None:
+        out = torch.empty((hi - lo, *row_shape), dtype=dtype)
     count = (hi - lo) * row_bytes
-    out = torch.empty((hi - lo, *shape[1:]), dtype=dtype)
     if count == 0:
         return out
-    f.seek(data_start + entry["data_offsets"][0] + lo * row_bytes)
-    view = memoryview(out.view(torch.uint8).numpy()).cast("B")
-    if f.readinto(view) != count:
+    f.seek(data_start + header[name]["data_offsets"][0] + lo * row_bytes)
+    if f.readinto(memoryview(out.view(torch.uint8).numpy()).cast("B")) != count:
         raise ValueError(f"{path} is truncated: tensor {name!r} ends early. Resume the harvest to rewrite it.")
     return out
 
@@ -564,16 +572,24 @@ class ActivationCache:
 
     # -- reading ------------------------------------------------------------------------------
     def _read_segments(self, segments: Sequence[tuple[int, int, int]], keys: Sequence[str]) -> dict[str, torch.Tensor]:
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+        """Tokens of `segments`, concatenated: each one is read straight into its slice (no second copy)."""
+        total = sum(hi - lo for _, lo, hi in segments)
+        out: dict[str, torch.Tensor] = {}
+        offset = 0
         for shard, lo, hi in segments:
             path = self.path / self.manifest.shards[shard].file
             with open(path, "rb") as f:
                 header, data_start = _read_header(f, path)
                 for k in keys:
                     if k not in header:
-                        raise ValueError(f"{path} has no tensor {k!r} (it holds {sorted(k for k in header if k != '__metadata__')}).")
-                    parts[k].append(_read_rows(f, header, data_start, k, lo, hi, path))
-        return {k: torch.cat(v) if len(v) != 1 else v[0] for k, v in parts.items()}
+                        held = sorted(name for name in header if name != "__metadata__")
+                        raise ValueError(f"{path} has no tensor {k!r} (it holds {held}).")
+                    if k not in out:
+                        dtype, row_shape, _ = _tensor_info(header, k)
+                        out[k] = torch.empty((total, *row_shape), dtype=dtype)
+                    _read_rows(f, header, data_start, k, lo, hi, path, out=out[k][offset : offset + hi - lo])
+            offset += hi - lo
+        return out
 
     def _keys(self, sites: "Sequence[Site | str] | None", with_tokens: bool) -> tuple[list[str], list[str]]:
         site_keys = [self._key(s) for s in parse_sites(sites)] if sites is not None else list(self.manifest.sites)

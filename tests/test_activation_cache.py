@@ -244,3 +244,27 @@ def test_cli_harvest_and_pickle_import(tmp_path, tiny_lm, capsys):
     assert ActivationCache(tmp_path / "p").num_tokens == 5
     with pytest.raises(SystemExit):
         cli_main(["harvest", "--output_dir", str(tmp_path / "q")])  # no sites
+
+
+@pytest.mark.slow
+def test_peak_memory_of_harvest_and_streaming_read_of_a_4gb_cache():
+    """Harvest a > 4 GB cache (tiny LM, 12 sites) and read all of it back shuffled: peak RSS < 2 GB.
+
+    Runs `benchmarks/harvest_memory.py` in its own process, so that the RSS is that of harvest + read
+    alone (~1-2 min on 2 cores; needs ~4.5 GB of free disk, deleted after).
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "harvest_memory.py"), "--json"],
+        capture_output=True, text=True, env=env, timeout=1200, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cache_bytes"] > 4e9 and result["read_tokens"] > 0.98 * result["num_tokens"]
+    assert result["peak_rss_bytes"] < 2e9, result

@@ -17,7 +17,6 @@ The pieces, in data-flow order:
 import contextlib
 import itertools
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -526,7 +525,3 @@ class ShuffleBuffer:
             self._chunks = [{k: v[rest] for k, v in data.items()}]
             self._size = len(rest)
 
-
-def warn_once(message: str) -> None:
-    """A UserWarning (shown once per location by Python's default filter)."""
-    warnings.warn(message, UserWarning, stacklevel=3)

@@ -270,7 +270,8 @@ class HookedForward:
         if registered_here:
             self.__enter__()
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # eval() walks every module: only when needed
+            self.model.eval()
         self._store = {}
         try:
             with torch.inference_mode():
@@ -278,7 +279,8 @@ class HookedForward:
         except _StopForward:
             pass
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
             if registered_here:
                 self.__exit__()
         missing = [str(s) for s in self.sites if str(s) not in self._store]

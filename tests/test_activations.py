@@ -326,6 +326,10 @@ def test_load_texts_local_files_columns_empty_texts_and_ranks(tmp_path):
     assert list(load_texts(str(path), text_column="content", max_texts=3)) == texts[:3]
     (tmp_path / "plain.txt").write_text("first line\n\nsecond line\n")
     assert list(load_texts(str(tmp_path / "plain.txt"))) == ["first line", "second line"]
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["saved one", "", "saved two"]}).save_to_disk(str(tmp_path / "saved"))
+    assert list(load_texts(str(tmp_path / "saved"))) == ["saved one", "saved two"]
 
 
 def test_load_texts_embedded_corpus_streams_paragraphs():

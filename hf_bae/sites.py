@@ -114,10 +114,13 @@ def _get_path(root: nn.Module, path: str) -> Any:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The `nn.ModuleList` of decoder layers of a transformers causal LM (or its base model)."""
-    for path in _LAYER_PATHS:
-        layers = _get_path(model, path)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return layers
+    for root in (model, getattr(model, "module", None)):  # also inside DDP / accelerate wrappers
+        if not isinstance(root, nn.Module):
+            continue
+        for path in _LAYER_PATHS:
+            layers = _get_path(root, path)
+            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                return layers
     raise ValueError(
         f"Cannot find the decoder layers of {type(model).__name__}: looked for "
         f"{', '.join(_LAYER_PATHS)}. Supported layouts: Llama, Qwen2, Mistral, Gemma/Gemma2, GPT-2, GPT-NeoX "

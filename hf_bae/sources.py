@@ -165,46 +165,43 @@ class CacheSource(ActivationSource):
     """A shard cache on disk (`hf-bae harvest`), split in order into training and validation parts.
 
     Args:
-        path: the cache folder.
-        sites: the sites to read (all must be in the cache).
+        path: the cache folder (or an opened `hf_bae.activations.ActivationCache`).
+        sites: the sites to read (all must be in the cache; a transcoder reads two in step).
         train_fraction: the first `train_fraction` of the cache trains, the rest validates (the
             original's `--dataset_split`, which split in order without shuffling).
         seed, rank, world_size: shuffling seed and this process's shard.
+        model_name, hidden_size: if given, the cache must hold activations of this model / width.
     """
 
-    def __init__(self, path: str, sites: Iterable[str], *, train_fraction: float = 0.8, seed: int = 0,
+    def __init__(self, path: Any, sites: Iterable[str], *, train_fraction: float = 0.8, seed: int = 0,
                  rank: int = 0, world_size: int = 1, model_name: str | None = None, hidden_size: int | None = None):
         from .activations import ActivationCache
 
-        self.cache = ActivationCache(path)
+        self.cache = path if isinstance(path, ActivationCache) else ActivationCache(path)
         self.sites = tuple(sites)
-        if model_name is not None or hidden_size is not None:
-            self.cache.check_compatible(model_name, list(self.sites), hidden_size=hidden_size)
+        self.cache.check_compatible(model_name, list(self.sites), hidden_size=hidden_size)
         if not 0 < train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}.")
         if self.cache.num_tokens == 0:
-            raise ValueError(f"The activation cache at {path} holds no tokens: harvest some first (`hf-bae harvest`).")
+            raise ValueError(f"The activation cache at {self.cache.path} holds no tokens: harvest some first "
+                             "(`hf-bae harvest`).")
         if train_fraction < 1:
             self.train_view, self.validation_view = self.cache.split(1 - train_fraction)
         else:
             self.train_view, self.validation_view = self.cache, None
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._sizes = {}
-        for site in self.sites:
-            self._sizes[site] = _manifest_hidden_size(self.cache.manifest, site)
 
     def hidden_size(self, site):
-        if self._sizes.get(site) is None:
-            batch = next(self.train_view.iter_batches(1, sites=[site], shuffle=False, drop_last=False))
-            self._sizes[site] = batch[site].shape[-1]
-        return self._sizes[site]
+        return self.cache.hidden_size(site)
 
     def batches_per_epoch(self, batch_size):
-        return self.train_view.num_tokens // (batch_size * self.world_size)
+        return self.train_view.num_batches(batch_size, world_size=self.world_size)
 
     def batches(self, batch_size, state=None, tensors=None):
+        if self.batches_per_epoch(batch_size) == 0:
+            raise ValueError(f"The cache's training split ({self.train_view.num_tokens} tokens) does not fill one batch "
+                             f"of {batch_size} tokens per process: lower --batch_size or harvest more.")
         epoch, start = (state or {}).get("epoch", 0), (state or {}).get("batch", 0)
-        produced = False
         while True:
             for b, batch in enumerate(
                 self.train_view.iter_batches(batch_size, sites=list(self.sites), shuffle=True, seed=self.seed,
@@ -212,49 +209,28 @@ class CacheSource(ActivationSource):
                                              world_size=self.world_size, drop_last=True),
                 start=start,
             ):
-                produced = True
-                yield SourceBatch({k: v.float() for k, v in batch.items()}, epoch, {"epoch": epoch, "batch": b + 1})
-            if not produced:
-                raise ValueError(f"The cache's training split does not fill one batch of {batch_size} tokens.")
+                yield SourceBatch(batch, epoch, {"epoch": epoch, "batch": b + 1})
             epoch, start = epoch + 1, 0
 
     def validation(self, max_tokens, context_rows=0):
-        if self.validation_view is None:
+        view = self.validation_view
+        if view is None:
             return None
-        parts: dict[str, list[torch.Tensor]] = {s: [] for s in self.sites}
-        n = 0
-        for batch in self.validation_view.iter_batches(min(max_tokens, 4096), sites=list(self.sites),
-                                                       shuffle=False, drop_last=False):
-            for s in self.sites:
-                parts[s].append(batch[s].float())
-            n += next(iter(batch.values())).shape[0]
-            if n >= max_tokens:
-                break
-        if n == 0:
-            return None
-        return ValidationData({s: torch.cat(p)[:max_tokens] for s, p in parts.items()})
+        with_tokens = bool(context_rows) and self.cache.manifest.has_tokens
+        data = view.read(0, max_tokens, sites=list(self.sites), with_tokens=with_tokens)
+        input_ids = None
+        if with_tokens:
+            rows = torch.unique(data["rows"].long())  # whole packed rows of held-out tokens
+            input_ids = view.row_input_ids(rows).long()
+            input_ids = input_ids[(input_ids >= 0).all(-1)][:context_rows]
+        return ValidationData({s: data[s] for s in self.sites}, input_ids)
 
     def provenance(self):
         m = self.cache.manifest
-        get = (lambda k: m.get(k)) if isinstance(m, dict) else (lambda k: getattr(m, k, None))
-        out = {
-            "base_model": get("model") or get("model_name") or get("base_model"),
-            "base_model_revision": get("revision"),
-            "dataset": get("dataset") or get("text_source"),
-            "context_length": get("context_length"),
-            "token_filter": get("token_filter"),
-        }
+        text = m.text_source if isinstance(m.text_source, dict) else {}
+        out = {"base_model": m.model, "base_model_revision": m.revision, "context_length": m.context_length,
+               "token_filter": m.token_filter, "dataset": text.get("dataset")}
         return {k: v for k, v in out.items() if v is not None}
-
-
-def _manifest_hidden_size(manifest: Any, site: str) -> int | None:
-    get = (lambda k: manifest.get(k)) if isinstance(manifest, dict) else (lambda k: getattr(manifest, k, None))
-    for key in ("hidden_sizes", "widths", "dims"):
-        sizes = get(key)
-        if isinstance(sizes, dict) and site in sizes:
-            return int(sizes[site])
-    size = get("hidden_size")
-    return int(size) if isinstance(size, int) else None
 
 
 class LiveSource(ActivationSource):
@@ -275,6 +251,7 @@ class LiveSource(ActivationSource):
     """
 
     finite = False
+    hooks_model = True  # while a batch iterator is suspended, the LM carries its hooks (see Trainer)
 
     def __init__(self, model, tokenizer, texts: Callable[[], Iterable[str]], sites: Iterable[str], *,
                  validation_texts: Callable[[], Iterable[str]] | None = None, context_length: int = 128,
@@ -322,10 +299,16 @@ class LiveSource(ActivationSource):
         while True:
             parts: dict[str, list[torch.Tensor]] = {s: [] for s in self.sites}
             rows = 0
-            for lm_batch in itertools.islice(stream, self.shuffle_rows // self.lm_batch_size):
-                rows += lm_batch.input_ids.shape[0]
-                for s in self.sites:
-                    parts[s].append(lm_batch.activations[s].float())
+            try:
+                for lm_batch in itertools.islice(stream, self.shuffle_rows // self.lm_batch_size):
+                    rows += lm_batch.input_ids.shape[0]
+                    for s in self.sites:
+                        parts[s].append(lm_batch.activations[s].float())
+            except ValueError as exc:
+                if produced or row:
+                    raise
+                raise ValueError(f"The training texts yielded no tokens ({exc}). Check --dataset / --split / "
+                                 "--text_column, and that --validation_texts did not hold out the whole dataset.") from exc
             if rows == 0:
                 if not produced and row == 0 and start == 0:
                     raise ValueError(
@@ -346,8 +329,7 @@ class LiveSource(ActivationSource):
                 else:
                     after, after_tensors = {"row": row + rows, "chunk": chunk + 1, "batch": 0}, leftover
                 produced = True
-                yield SourceBatch({s: v[index] for s, v in pool.items()}, 0, after,
-                                  {s: t.detach().cpu() for s, t in after_tensors.items()})
+                yield SourceBatch({s: v[index] for s, v in pool.items()}, 0, after, after_tensors)
             carry, row, chunk, start = leftover, row + rows, chunk + 1, 0
 
     def validation(self, max_tokens, context_rows=0):
@@ -355,13 +337,20 @@ class LiveSource(ActivationSource):
             return None
         parts: dict[str, list[torch.Tensor]] = {s: [] for s in self.sites}
         ids, n = [], 0
-        for lm_batch in self._stream(self.validation_texts()):
-            for s in self.sites:
-                parts[s].append(lm_batch.activations[s].float())
-            ids.append(lm_batch.input_ids)
-            n += next(iter(lm_batch.activations.values())).shape[0]
-            if n >= max_tokens and sum(i.shape[0] for i in ids) >= context_rows:
-                break
+        stream = self._stream(self.validation_texts())
+        try:
+            for lm_batch in stream:
+                for s in self.sites:
+                    parts[s].append(lm_batch.activations[s].float())
+                ids.append(lm_batch.input_ids)
+                n += next(iter(lm_batch.activations.values())).shape[0]
+                if n >= max_tokens and sum(i.shape[0] for i in ids) >= context_rows:
+                    break
+        except ValueError as exc:
+            raise ValueError(f"The validation texts yielded no tokens ({exc}). Check --validation_split / "
+                             "--validation_texts and the dataset.") from exc
+        finally:
+            stream.close()  # removes the stream's hooks from the model
         if n == 0:
             raise ValueError(
                 "The validation texts yielded no tokens: check --validation_split / --validation_texts, "

@@ -36,10 +36,9 @@ import json
 import math
 import shutil
 import signal
-import sys
 import time
+import warnings
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -563,7 +562,7 @@ class Trainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         rank = acc.process_index
-        tensors = {f"data.{k}": v.contiguous() for k, v in self.data_tensors.items()}
+        tensors = {f"data.{k}": v.detach().cpu().contiguous() for k, v in self.data_tensors.items()}
         tensors.update({f"since_fired.{e.name}": e.since_fired.cpu() for e in self.entries})
         save_file(tensors, str(tmp / f"data_state_{rank}.safetensors"))
         (tmp / f"data_state_{rank}.json").write_text(json.dumps({"state": self.data_state, "epoch": self.epoch}))
@@ -791,44 +790,48 @@ class Trainer:
 
     @torch.no_grad()
     def _downstream(self, input_ids: torch.Tensor, rows_per_pass: int = 2) -> dict[str, dict[str, float]]:
-        """Splice each dictionary's reconstruction into the LM at its site: KL, JS and the CE-loss score."""
-        from .activations import Site, replace_site
+        """Splice each dictionary's reconstruction into the LM at its site: KL, JS and the CE-loss score.
+
+        The reconstruction replaces the activation at the tokens training used (special tokens keep
+        their own); the zero-ablation baseline zeroes the same tokens.
+        """
+        from .activations import replace_site
 
         lm, acc = self.language_model, self.accelerator
-        special = torch.tensor(sorted(set(getattr(self.tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
+        special = sorted(set(getattr(self.tokenizer, "all_special_ids", None) or []))
         stats = {e.name: DownstreamStats() for e in self.entries}
         lm_device = next(lm.parameters()).device
         for start in range(0, input_ids.shape[0], rows_per_pass):
             ids = input_ids[start:start + rows_per_pass].to(lm_device)
-            keep = ~torch.isin(ids, special.to(lm_device)) if (self.args.exclude_special_tokens and len(special)) \
-                else torch.ones_like(ids, dtype=torch.bool)
+            keep = torch.ones_like(ids, dtype=torch.bool)
+            if self.args.exclude_special_tokens and special:
+                keep &= ~torch.isin(ids, torch.tensor(special, device=lm_device))
             keep = keep.unsqueeze(-1)
             clean = lm(input_ids=ids).logits
-            zero_cache: dict[str, torch.Tensor] = {}
+            zero_logits: dict[str, torch.Tensor] = {}
             for e in self.entries:
                 model = self._unwrap(e)
                 replaced = e.target_key or e.input_key
-                if replaced not in zero_cache:
-                    with replace_site(lm, Site.parse(replaced), lambda h: torch.where(keep, torch.zeros_like(h), h)):
-                        zero_cache[replaced] = lm(input_ids=ids).logits
-                captured: dict[str, torch.Tensor] = {}
+                if replaced not in zero_logits:
+                    with replace_site(lm, replaced, lambda h: h.masked_fill(keep, 0.0)):
+                        zero_logits[replaced] = lm(input_ids=ids).logits
+                original: dict[str, torch.Tensor] = {}
 
-                def reconstruct(h, model=model, captured=captured):
-                    source = captured.get("input", h)
-                    flat = source.reshape(-1, source.shape[-1])
+                def remember(h, original=original):
+                    original["h"] = h
+                    return h
+
+                def splice(x, model=model, original=original):
+                    # x is the activation at the dictionary's input site (for a transcoder, another site).
                     with acc.autocast():
-                        rec = model(flat.to(model.device).float(), return_loss=False).reconstruction
-                    return torch.where(keep, rec.reshape(h.shape).to(h.dtype).to(h.device), h)
+                        rec = model(x.reshape(-1, x.shape[-1]).to(model.device).float(), return_loss=False)
+                    h = original["h"]
+                    return torch.where(keep, rec.reconstruction.reshape(h.shape).to(h.device, h.dtype), h)
 
-                with ExitStack() as stack:
-                    if e.target_key is not None:
-                        def capture(h, captured=captured):
-                            captured["input"] = h
-                            return h
-                        stack.enter_context(replace_site(lm, Site.parse(e.input_key), capture))
-                    stack.enter_context(replace_site(lm, Site.parse(replaced), reconstruct))
+                source = e.input_key if e.target_key is not None else None
+                with replace_site(lm, replaced, remember), replace_site(lm, replaced, splice, source=source):
                     spliced = lm(input_ids=ids).logits
-                stats[e.name].update(ids, clean, zero_cache[replaced], spliced)
+                stats[e.name].update(ids, clean, zero_logits[replaced], spliced)
         return {name: s.summary() for name, s in stats.items()}
 
     def _run_validation(self) -> None:
@@ -920,7 +923,14 @@ class Trainer:
                     window_start, window_steps = now, 0
                     bar.set_postfix_str(self._postfix(logged), refresh=False)
                 if a.validate_every and self.step % a.validate_every == 0:
+                    reopen = self.language_model is not None and getattr(self.source, "hooks_model", False)
+                    if reopen:
+                        # A suspended activation stream keeps its hooks on the LM; the splice metrics
+                        # need the plain model, so the stream is closed and reopened at the same position.
+                        batches.close()
                     self._run_validation()
+                    if reopen:
+                        batches = self.source.batches(a.batch_size, self.data_state, self.data_tensors)
                     window_start = time.perf_counter()  # validation time is not training throughput
                 if a.checkpoint_every and self.step % a.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -930,6 +940,7 @@ class Trainer:
                                  f"{a.batch_size} tokens per process. Provide more data or lower --batch_size.")
             if window_steps and any(e.window is not None for e in self.entries):
                 self._flush_train_metrics(window_steps, time.perf_counter() - window_start, lr)
+            batches.close()
             if self._last_validation_step != self.step:
                 self._run_validation()
             if self._last_checkpoint_step != self.step:
@@ -976,13 +987,6 @@ class Trainer:
 # --------------------------------------------------------------------------------------------
 
 
-def _token_filter(args: TrainingArguments) -> str:
-    parts = ["special"] if args.exclude_special_tokens else []
-    if args.outlier_factor:
-        parts.append(f"outliers>{args.outlier_factor:g}xmedian")
-    return ",".join(parts) or "none"
-
-
 def _sites_for(args: TrainingArguments, layer: int) -> dict[str, tuple[str, str | None, str, str | None]]:
     """name → (input key, target key, input site name, output site name)."""
     out = {}
@@ -1018,15 +1022,30 @@ def train(args: TrainingArguments, dictionary: Any = None, bae: Any = None, sae:
                **dataclasses.asdict(sae), **(extra_options or {})}
     language_model = tokenizer = None
     if args.cache is not None:
-        if args.layer is None:
-            raise ValueError("--cache needs --layer (and --site) to pick the cached site to train on.")
-        layer = args.layer
+        from . import activations
+
+        cache = activations.ActivationCache(args.cache)
+        layers = cache.manifest.layers
+        if args.layer is None and len(layers) != 1:
+            raise ValueError(f"The cache at {args.cache} holds layers {layers}: choose one with --layer.")
+        layer = args.layer if args.layer is not None else layers[0]
         sites = _sites_for(args, layer)
         keys = sorted({k for v in sites.values() for k in v[:2] if k is not None})
         explicit_model = args.model_name_or_path if args.model_name_or_path != "embedded" else None
-        source = CacheSource(args.cache, keys, train_fraction=args.train_fraction, seed=args.seed, rank=rank,
+        source = CacheSource(cache, keys, train_fraction=args.train_fraction, seed=args.seed, rank=rank,
                              world_size=world, model_name=explicit_model)
         provenance = {"layer": layer, **source.provenance()}
+        lm_name = explicit_model or cache.manifest.model
+        if args.splice_rows and cache.manifest.has_tokens and lm_name:
+            # The splice metrics need the LM the cache was harvested from.
+            try:
+                language_model, tokenizer = activations.load_language_model(
+                    "embedded" if lm_name == activations.EMBEDDED_MODEL_ID else lm_name,
+                    revision=args.model_revision or cache.manifest.revision, dtype=args.lm_dtype,
+                    device=accelerator.device)
+            except (OSError, ValueError) as exc:
+                warnings.warn(f"Splice metrics skipped: could not load {lm_name} ({exc}). Pass --splice_rows 0 to "
+                              "silence this.", stacklevel=2)
     else:
         from . import activations
 
@@ -1050,10 +1069,12 @@ def train(args: TrainingArguments, dictionary: Any = None, bae: Any = None, sae:
             validation_texts = lambda: load(args.validation_split, args.validation_texts)  # noqa: E731
         else:
             validation_texts = (lambda: itertools.islice(load(args.split), held_out)) if held_out else None  # noqa: E731
-        base_model = activations.EMBEDDED_MODEL_ID if args.model_name_or_path == "embedded" else args.model_name_or_path
-        dataset = getattr(activations, "EMBEDDED_DATASET_ID", "sotu") if args.dataset == "embedded" else args.dataset
-        provenance = {"base_model": base_model, "base_model_revision": args.model_revision, "layer": layer,
-                      "dataset": dataset, "context_length": args.context_length, "token_filter": _token_filter(args)}
+        dataset = activations.EMBEDDED_DATASET_ID if args.dataset == "embedded" else args.dataset
+        provenance = {"base_model": activations.model_name_of(args.model_name_or_path),
+                      "base_model_revision": args.model_revision, "layer": layer, "dataset": dataset,
+                      "context_length": args.context_length,
+                      "token_filter": activations.token_filter_description(args.exclude_special_tokens,
+                                                                           args.outlier_factor)}
         source = LiveSource(language_model, tokenizer, texts, keys, validation_texts=validation_texts,
                             context_length=args.context_length, lm_batch_size=args.lm_batch_size,
                             shuffle_rows=args.shuffle_rows, exclude_special_tokens=args.exclude_special_tokens,

@@ -251,7 +251,6 @@ class LiveSource(ActivationSource):
     """
 
     finite = False
-    hooks_model = True  # while a batch iterator is suspended, the LM carries its hooks (see Trainer)
 
     def __init__(self, model, tokenizer, texts: Callable[[], Iterable[str]], sites: Iterable[str], *,
                  validation_texts: Callable[[], Iterable[str]] | None = None, context_length: int = 128,
@@ -333,7 +332,7 @@ class LiveSource(ActivationSource):
             carry, row, chunk, start = leftover, row + rows, chunk + 1, 0
 
     def validation(self, max_tokens, context_rows=0):
-        if self.validation_texts is None:
+        if self.validation_texts is None or (max_tokens == 0 and context_rows == 0):
             return None
         parts: dict[str, list[torch.Tensor]] = {s: [] for s in self.sites}
         ids, n = [], 0

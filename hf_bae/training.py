@@ -30,6 +30,7 @@ or from the command line (`hf-bae train --help`, `accelerate launch train.py ...
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -410,6 +411,44 @@ def _json_default(value: Any) -> Any:
 # The loop
 # --------------------------------------------------------------------------------------------
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
+
+
+def _hook_ids(model: torch.nn.Module) -> dict[int, tuple[set, set]]:
+    return {id(m): tuple(set(getattr(m, d)) for d in _HOOK_DICTS) for m in model.modules()}
+
+
+@contextlib.contextmanager
+def _hooks_set_aside(model: torch.nn.Module | None, own: dict[int, tuple[set, set]]):
+    """Set aside the forward hooks added to `model` since `own` was taken, for the duration of the block.
+
+    A suspended `stream_activations` generator keeps its capture hooks (which stop the forward after
+    the last hooked layer) registered on the LM between batches; the splice metrics need full
+    forwards of the same model in the meantime. Closing and reopening the stream would re-tokenise
+    the corpus up to the current row at every validation, so the stream's hooks are lifted instead
+    and put back, in order, afterwards.
+    """
+    if model is None:
+        yield
+        return
+    saved = []
+    for m in model.modules():
+        baseline = own.get(id(m), (set(), set()))
+        for name, keep in zip(_HOOK_DICTS, baseline):
+            hooks = getattr(m, name)
+            if set(hooks) - keep:
+                saved.append((hooks, dict(hooks)))
+                for key in list(hooks):
+                    if key not in keep:
+                        del hooks[key]
+    try:
+        yield
+    finally:
+        for hooks, content in saved:
+            hooks.clear()
+            hooks.update(content)
+
+
 _TRAIN_STATS = ("loss", "reconstruction_loss", "entropy_bits", "covariance", "l1", "l0", "squared_error",
                 "target_variance")
 
@@ -499,6 +538,8 @@ class Trainer:
         self._first_bad: torch.Tensor | None = None
         self._last_checkpoint_step = -1
         self._last_validation_step = -1
+        # The LM's own hooks, before any activation stream adds its capture hooks (see _hooks_set_aside).
+        self._lm_hooks = _hook_ids(language_model) if language_model is not None else {}
 
     # -- small utilities ------------------------------------------------------------------------
     def _unwrap(self, entry: _Entry) -> DictionaryPreTrainedModel:
@@ -923,14 +964,8 @@ class Trainer:
                     window_start, window_steps = now, 0
                     bar.set_postfix_str(self._postfix(logged), refresh=False)
                 if a.validate_every and self.step % a.validate_every == 0:
-                    reopen = self.language_model is not None and getattr(self.source, "hooks_model", False)
-                    if reopen:
-                        # A suspended activation stream keeps its hooks on the LM; the splice metrics
-                        # need the plain model, so the stream is closed and reopened at the same position.
-                        batches.close()
-                    self._run_validation()
-                    if reopen:
-                        batches = self.source.batches(a.batch_size, self.data_state, self.data_tensors)
+                    with _hooks_set_aside(self.language_model, self._lm_hooks):
+                        self._run_validation()
                     window_start = time.perf_counter()  # validation time is not training throughput
                 if a.checkpoint_every and self.step % a.checkpoint_every == 0:
                     self.save_checkpoint()

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -128,7 +127,7 @@ def ours_loop(model, vectors, batch_size, steps, workdir):
     return 1 / steady_rate(stamps, 1, 1), None
 
 
-def bench_bae(d=768, m=3072, batch=512, steps=8, trained_density=0.03):
+def bench_bae(d=768, m=3072, batch=512, steps=8, trained_density=0.03, repeats=2):
     from hf_bae import BAEConfig, BinaryAutoencoder
 
     torch.manual_seed(0)
@@ -147,9 +146,14 @@ def bench_bae(d=768, m=3072, batch=512, steps=8, trained_density=0.03):
         with torch.no_grad():
             codes = ours.encode(data[:batch])
         measured_density = float(codes.mean())
-        t_orig, _ = original_loop(original, vectors, batch, steps)
-        with tempfile.TemporaryDirectory() as tmp:
-            t_ours, _ = ours_loop(ours, data, batch, steps, Path(tmp) / "run")
+        start_state = {k: v.clone() for k, v in ours.state_dict().items()}
+        t_orig = t_ours = float("inf")
+        for _ in range(repeats):  # alternate, keep the best of each: the machine is shared
+            original.load_state_dict(start_state)
+            t_orig = min(t_orig, original_loop(original, vectors, batch, steps)[0])
+            ours.load_state_dict(start_state)
+            with tempfile.TemporaryDirectory() as tmp:
+                t_ours = min(t_ours, ours_loop(ours, data, batch, steps, Path(tmp) / "run")[0])
         rows.append({"codes": label, "density": measured_density, "original_samples_per_s": batch / t_orig,
                      "ours_samples_per_s": batch / t_ours, "speedup": t_orig / t_ours})
     return rows
@@ -213,7 +217,7 @@ def bench_ours_topk(model_name, layer, k, steps, tokens_per_step, context_length
     return steady_rate(stamps, tokens_per_step, 2), tokens_per_step * steps / total
 
 
-def bench_topk(layer=6, k=32, steps=12, rows_per_step=8, context_length=128):
+def bench_topk(layer=6, k=32, steps=12, rows_per_step=8, context_length=128, repeats=2):
     from hf_bae.activations import load_language_model
 
     try:
@@ -221,14 +225,17 @@ def bench_topk(layer=6, k=32, steps=12, rows_per_step=8, context_length=128):
     except ImportError as exc:
         return {"error": f"eai-sparsify is not installed ({exc}); `pip install eai-sparsify`"}
     model, tokenizer = load_language_model("embedded")
+    theirs, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        theirs_steady, theirs_total = bench_sparsify(model, tokenizer, layer, k, steps, rows_per_step, context_length,
-                                                     Path(tmp) / "sparsify")
-        # Our batches hold the same number of tokens per step as sparsify's 8 rows of 128.
-        ours_steady, ours_total = bench_ours_topk("embedded", layer, k, steps, rows_per_step * context_length,
-                                                  context_length, Path(tmp) / "ours")
+        for r in range(repeats):  # alternate, keep the best of each: the machine is shared
+            theirs.append(bench_sparsify(model, tokenizer, layer, k, steps, rows_per_step, context_length,
+                                         Path(tmp) / f"sparsify{r}"))
+            # Our batches hold as many tokens per step as sparsify's rows (BOS excluded from ours).
+            ours.append(bench_ours_topk("embedded", layer, k, steps, rows_per_step * context_length, context_length,
+                                        Path(tmp) / f"ours{r}"))
+    (theirs_steady, theirs_total), (ours_steady, ours_total) = max(theirs), max(ours)
     return {"layer": layer, "k": k, "latents": 4 * 576, "tokens_per_step": rows_per_step * context_length,
-            "steps": steps, "sparsify_tokens_per_s": theirs_steady, "ours_tokens_per_s": ours_steady,
+            "steps": steps, "repeats": repeats, "sparsify_tokens_per_s": theirs_steady, "ours_tokens_per_s": ours_steady,
             "speedup": ours_steady / theirs_steady, "sparsify_tokens_per_s_incl_startup": theirs_total,
             "ours_tokens_per_s_incl_startup": ours_total}
 
@@ -241,6 +248,7 @@ def main(argv=None):
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--trained-density", type=float, default=0.03)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
     parser.add_argument("--json", help="also write the results here")
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
@@ -248,7 +256,7 @@ def main(argv=None):
           f"{torch.__version__}")
     results = {}
     if opts.part in ("all", "bae"):
-        rows = bench_bae(steps=opts.steps, trained_density=opts.trained_density)
+        rows = bench_bae(steps=opts.steps, trained_density=opts.trained_density, repeats=opts.repeats)
         results["bae_step"] = rows
         print("\nBAE step, d=768, m=3072, batch 512, MSE + 1e-7 entropy + 1e-7 covariance, Adam")
         print(f"{'codes':<38} {'density':>8} {'original (samples/s)':>21} {'ours (samples/s)':>17} {'ratio':>6}")
@@ -256,7 +264,7 @@ def main(argv=None):
             print(f"{r['codes']:<38} {r['density']:>8.3f} {r['original_samples_per_s']:>21.0f} "
                   f"{r['ours_samples_per_s']:>17.0f} {r['speedup']:>5.2f}x")
     if opts.part in ("all", "topk"):
-        r = bench_topk(layer=opts.layer, steps=opts.topk_steps)
+        r = bench_topk(layer=opts.layer, steps=opts.topk_steps, repeats=opts.repeats)
         results["topk_vs_sparsify"] = r
         print(f"\nTopK SAE training from text, SmolLM2-135M layer {opts.layer} resid_post, k=32, m=2304, "
               "1024 tokens/step, fp32")

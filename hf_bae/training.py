@@ -52,13 +52,8 @@ from tqdm.auto import tqdm
 
 from .arguments import config_arguments
 from .configuration import SITES, BAEConfig, DictionaryConfig, SAEConfig, own_fields
-from .metrics import (
-    DEFAULT_DENSE_THRESHOLD,
-    DownstreamStats,
-    FeatureStats,
-    features_fired,
-    mean_abs_offdiagonal_covariance,
-)
+from .evaluation import downstream_fidelity, evaluate_dictionary
+from .metrics import DEFAULT_DENSE_THRESHOLD, features_fired
 from .modeling_bae import BinaryAutoencoder
 from .modeling_base import DictionaryPreTrainedModel
 from .modeling_sae import SparseAutoencoder
@@ -491,23 +486,11 @@ class Trainer:
         self.run_options = dict(run_options) if run_options is not None else dataclasses.asdict(args)
         self.run_options["dictionaries"] = list(dictionaries)
         self.output_dir = Path(args.output_dir)
-        # Every process checks (read-only) before any process writes, so that a refusal is raised
-        # everywhere and no process is left waiting at a barrier.
+        # Every process checks everything (read-only) before any process writes, so that a refusal
+        # is raised everywhere, leaves the output folder as it was, and no process waits at a barrier.
         self.resume_from = check_output_dir(args)
         self._check_resumed_options()
-        self.accelerator = accelerator or make_accelerator(args)
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            if args.overwrite:
-                _clear_run(self.output_dir, list(dictionaries))
-            (self.output_dir / "training_args.json").write_text(
-                json.dumps({**self.run_options, "hf_bae_version": __version__}, indent=2, default=_json_default) + "\n")
-        acc.wait_for_everyone()
-
         inputs = inputs or _default_inputs(dictionaries, source.sites)
-        self.entries: list[_Entry] = []
         for name, model in dictionaries.items():
             key, target = inputs[name]
             width = source.hidden_size(key)
@@ -519,6 +502,20 @@ class Trainer:
             if target is not None and source.hidden_size(target) != model.config.reconstruction_size:
                 raise ValueError(f"Dictionary {name!r} reconstructs {model.config.reconstruction_size} values but "
                                  f"the source's {target} is {source.hidden_size(target)} wide.")
+        self.accelerator = accelerator or make_accelerator(args)
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if args.overwrite:
+                _clear_run(self.output_dir, list(dictionaries))
+            (self.output_dir / "training_args.json").write_text(
+                json.dumps({**self.run_options, "hf_bae_version": __version__}, indent=2, default=_json_default) + "\n")
+        acc.wait_for_everyone()
+
+        self.entries: list[_Entry] = []
+        for name, model in dictionaries.items():
+            key, target = inputs[name]
             model.check_inputs = False  # the loop checks the loss instead of syncing on every input
             model.train()
             optimizer = _make_optimizer(model, args)
@@ -776,104 +773,26 @@ class Trainer:
         return out
 
     # -- validation -----------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, validation: ValidationData | None = None) -> dict[str, dict[str, float]]:
-        """Validation metrics of every dictionary (main process): reconstruction, sparsity, entropy, splice."""
+        """Validation metrics of every dictionary (see `hf_bae.evaluation`), downstream fidelity included."""
         validation = validation or self.validation
         if validation is None or validation.num_tokens == 0:
             return {}
         a, acc = self.args, self.accelerator
         results = {}
         for e in self.entries:
-            model = self._unwrap(e)
-            model.eval()
-            c = model.config
-            stats = FeatureStats(c.num_latents, num_codes=getattr(c, "num_codes", c.num_latents), binary=e.is_bae)
-            sums = {"loss": 0.0, "entropy": 0.0, "l1": 0.0}
-            covs, batches = [], 0
-            x_all = validation.activations[e.input_key]
-            t_all = validation.activations[e.target_key] if e.target_key is not None else None
-            for start in range(0, x_all.shape[0], a.batch_size):
-                x = x_all[start:start + a.batch_size].to(acc.device)
-                t = t_all[start:start + a.batch_size].to(acc.device) if t_all is not None else None
-                with acc.autocast():
-                    if e.is_bae:
-                        out = model(x, target=t, covariance_weight=0.0)
-                        stats.update(features_fired(out.codes, c.bits), x if t is None else t, out.reconstruction,
-                                     codes=out.codes)
-                        sums["entropy"] += float(out.entropy_loss)
-                        if len(covs) < 4 and out.codes.shape[0] > 1:
-                            covs.append(mean_abs_offdiagonal_covariance(out.codes))
-                    else:
-                        out = model(x, target=t)
-                        stats.update(out.latents != 0, x if t is None else t, out.reconstruction)
-                        sums["l1"] += float(out.l1_loss)
-                sums["loss"] += float(out.reconstruction_loss)
-                batches += 1
-            summary = stats.summary(a.dense_threshold)
-            summary["frequencies"] = stats.frequencies
-            if e.is_bae:
-                summary["entropy_bits_batch"] = sums["entropy"] / batches
-                if covs:
-                    summary["mean_abs_offdiagonal_cov"] = sum(covs) / len(covs)
-                m = c.num_codes
-                summary["loss"] = (summary["mse"] + c.entropy_weight * summary["entropy_bits_batch"]
-                                   + c.covariance_weight * summary.get("mean_abs_offdiagonal_cov", 0.0) * m * (m - 1))
-            else:
-                summary["l1"] = sums["l1"] / batches
-                summary["loss"] = summary["mse"] + c.l1_weight * summary["l1"]
-            results[e.name] = summary
-            model.train()
+            target = validation.activations[e.target_key] if e.target_key is not None else None
+            results[e.name] = evaluate_dictionary(self._unwrap(e), validation.activations[e.input_key], target,
+                                                  batch_size=a.batch_size, dense_threshold=a.dense_threshold,
+                                                  autocast=acc.autocast)
         if self.language_model is not None and validation.input_ids is not None and len(validation.input_ids):
-            for name, values in self._downstream(validation.input_ids).items():
+            spliced = downstream_fidelity(
+                self.language_model, self.tokenizer,
+                {e.name: (self._unwrap(e), e.input_key, e.target_key) for e in self.entries}, validation.input_ids,
+                exclude_special_tokens=a.exclude_special_tokens, autocast=acc.autocast)
+            for name, values in spliced.items():
                 results[name].update(values)
         return results
-
-    @torch.no_grad()
-    def _downstream(self, input_ids: torch.Tensor, rows_per_pass: int = 2) -> dict[str, dict[str, float]]:
-        """Splice each dictionary's reconstruction into the LM at its site: KL, JS and the CE-loss score.
-
-        The reconstruction replaces the activation at the tokens training used (special tokens keep
-        their own); the zero-ablation baseline zeroes the same tokens.
-        """
-        from .activations import replace_site
-
-        lm, acc = self.language_model, self.accelerator
-        special = sorted(set(getattr(self.tokenizer, "all_special_ids", None) or []))
-        stats = {e.name: DownstreamStats() for e in self.entries}
-        lm_device = next(lm.parameters()).device
-        for start in range(0, input_ids.shape[0], rows_per_pass):
-            ids = input_ids[start:start + rows_per_pass].to(lm_device)
-            keep = torch.ones_like(ids, dtype=torch.bool)
-            if self.args.exclude_special_tokens and special:
-                keep &= ~torch.isin(ids, torch.tensor(special, device=lm_device))
-            keep = keep.unsqueeze(-1)
-            clean = lm(input_ids=ids).logits
-            zero_logits: dict[str, torch.Tensor] = {}
-            for e in self.entries:
-                model = self._unwrap(e)
-                replaced = e.target_key or e.input_key
-                if replaced not in zero_logits:
-                    with replace_site(lm, replaced, lambda h: h.masked_fill(keep, 0.0)):
-                        zero_logits[replaced] = lm(input_ids=ids).logits
-                original: dict[str, torch.Tensor] = {}
-
-                def remember(h, original=original):
-                    original["h"] = h
-                    return h
-
-                def splice(x, model=model, original=original):
-                    # x is the activation at the dictionary's input site (for a transcoder, another site).
-                    with acc.autocast():
-                        rec = model(x.reshape(-1, x.shape[-1]).to(model.device).float(), return_loss=False)
-                    h = original["h"]
-                    return torch.where(keep, rec.reconstruction.reshape(h.shape).to(h.device, h.dtype), h)
-
-                source = e.input_key if e.target_key is not None else None
-                with replace_site(lm, replaced, remember), replace_site(lm, replaced, splice, source=source):
-                    spliced = lm(input_ids=ids).logits
-                stats[e.name].update(ids, clean, zero_logits[replaced], spliced)
-        return {name: s.summary() for name, s in stats.items()}
 
     def _run_validation(self) -> None:
         acc = self.accelerator

@@ -253,6 +253,7 @@ def test_nan_found_between_sparse_checks_names_the_exact_step(tmp_path):
 def test_wrong_width_and_empty_data_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="expects hidden size 32 .* source's x is 16 wide"):
         Trainer(args_for(tmp_path), {"bae": BinaryAutoencoder(BAEConfig(hidden_size=32))}, TensorSource({"x": data()}))
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # refused before writing anything
     with pytest.raises(ValueError, match="empty"):
         TensorSource({"x": torch.zeros(0, D)})
     with pytest.raises(ValueError, match="do not fill one batch of 100"):

@@ -11,10 +11,11 @@ pytest.importorskip("hf_bae.activations")  # TEMPORARY until the activations bra
 
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder  # noqa: E402
 from hf_bae.activations import harvest  # noqa: E402
-from hf_bae.cli import train as train_cli
-from hf_bae.sources import CacheSource, LiveSource, TensorSource
-from hf_bae.testing import small_corpus, tiny_causal_lm
-from hf_bae.training import Trainer, TrainingArguments
+from hf_bae.cli import train as train_cli  # noqa: E402
+from hf_bae.evaluation import downstream_fidelity  # noqa: E402
+from hf_bae.sources import CacheSource, LiveSource  # noqa: E402
+from hf_bae.testing import small_corpus, tiny_causal_lm  # noqa: E402
+from hf_bae.training import Trainer, TrainingArguments  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -102,14 +103,10 @@ def test_splice_metrics_are_exact_for_a_perfect_and_a_null_reconstruction(lm, tm
             return out
 
     ids = torch.randint(5, 500, (4, 32))
-    x = torch.randn(400, 32)
     metrics = {}
     for name, activation in (("perfect", "none"), ("null", "relu")):
-        AcceleratorState._reset_state(True)
         sae = Identity(SAEConfig(hidden_size=32, activation=activation))
-        args = TrainingArguments(output_dir=str(tmp_path / name), progress=False, plots=False)
-        trainer = Trainer(args, {name: sae}, TensorSource({site: x}), language_model=model, tokenizer=tokenizer)
-        metrics[name] = trainer._downstream(ids)[name]
+        metrics[name] = downstream_fidelity(model, tokenizer, {name: (sae, site, None)}, ids)[name]
     assert metrics["perfect"]["kl_divergence"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["perfect"]["ce_loss_score"] == pytest.approx(1.0, abs=1e-4)
     assert metrics["null"]["ce_loss_score"] == pytest.approx(0.0, abs=1e-6)  # splicing zeros = zero-ablation
@@ -149,3 +146,28 @@ def test_empty_dataset_and_bad_layer_are_clear_errors(lm, tmp_path, capsys):
     assert "--layer 9 is out of range" in capsys.readouterr().err
     # The refusal lost nothing: no run folder was written.
     assert not (tmp_path / "b" / "training_args.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_on_the_embedded_model_and_says_where_things_are(tmp_path, capsys):
+    from hf_bae.activations import EMBEDDED_MODEL_ID
+    from hf_bae.cli import demo
+
+    out = tmp_path / "demo"
+    assert demo.main(["--output-dir", str(out), "--max-tokens", "2048"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("bae", "topk"):
+        config = json.loads((out / name / "config.json").read_text())
+        assert (config["base_model"], config["dataset"], config["layer"]) == (EMBEDDED_MODEL_ID, "sotu", 6)
+        final = json.loads((out / name / "eval_results.json").read_text())
+        assert final["training_tokens"] >= 2048 and "ce_loss_score" in final
+        assert (out / name / "plots" / "loss.png").exists()
+        assert f"{out}/{name}/plots" in printed
+    assert "eval_results.json" in printed and "from_pretrained" in printed
+    # A second demo replaces the first; a folder holding another kind of run is left alone.
+    assert demo.main(["--output-dir", str(out), "--max-tokens", "1024"]) == 0
+    assert json.loads((out / "bae" / "eval_results.json").read_text())["training_tokens"] == 1024
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "training_args.json").write_text("{}")
+    assert demo.main(["--output-dir", str(tmp_path / "other")]) == 1
+    assert "not a demo" in capsys.readouterr().err

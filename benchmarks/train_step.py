@@ -24,15 +24,11 @@ import argparse
 import json
 import math
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -109,7 +105,7 @@ def steady_rate(stamps, per_step, skip):
     return per_step * (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip])
 
 
-def ours_loop(model, vectors, batch_size, steps, workdir):
+def ours_loop(model, vectors, batch_size, steps, workdir, mixed_precision="no"):
     from accelerate.state import AcceleratorState
 
     import hf_bae.training as training
@@ -118,7 +114,8 @@ def ours_loop(model, vectors, batch_size, steps, workdir):
     AcceleratorState._reset_state(True)
     args = training.TrainingArguments(output_dir=str(workdir), batch_size=batch_size, max_steps=steps,
                                       learning_rate=5e-4, validate_every=0, validation_tokens=0, log_every=10**9,
-                                      checkpoint_every=0, plots=False, save_dictionaries=False, progress=False)
+                                      checkpoint_every=0, plots=False, save_dictionaries=False, progress=False,
+                                      mixed_precision=mixed_precision)
     stamps, restore = _update_times(training)
     try:
         training.Trainer(args, {"bae": model}, TensorSource({"x": vectors})).train()
@@ -127,7 +124,7 @@ def ours_loop(model, vectors, batch_size, steps, workdir):
     return 1 / steady_rate(stamps, 1, 1), None
 
 
-def bench_bae(d=768, m=3072, batch=512, steps=8, trained_density=0.03, repeats=2):
+def bench_bae(d=768, m=3072, batch=512, steps=8, trained_density=0.03, repeats=2, bf16=True):
     from hf_bae import BAEConfig, BinaryAutoencoder
 
     torch.manual_seed(0)
@@ -147,15 +144,21 @@ def bench_bae(d=768, m=3072, batch=512, steps=8, trained_density=0.03, repeats=2
             codes = ours.encode(data[:batch])
         measured_density = float(codes.mean())
         start_state = {k: v.clone() for k, v in ours.state_dict().items()}
-        t_orig = t_ours = float("inf")
+        t_orig = t_ours = t_bf16 = float("inf")
         for _ in range(repeats):  # alternate, keep the best of each: the machine is shared
             original.load_state_dict(start_state)
             t_orig = min(t_orig, original_loop(original, vectors, batch, steps)[0])
             ours.load_state_dict(start_state)
             with tempfile.TemporaryDirectory() as tmp:
                 t_ours = min(t_ours, ours_loop(ours, data, batch, steps, Path(tmp) / "run")[0])
+            if bf16:
+                ours.load_state_dict(start_state)
+                with tempfile.TemporaryDirectory() as tmp:
+                    t_bf16 = min(t_bf16, ours_loop(ours, data, batch, steps, Path(tmp) / "run", "bf16")[0])
         rows.append({"codes": label, "density": measured_density, "original_samples_per_s": batch / t_orig,
-                     "ours_samples_per_s": batch / t_ours, "speedup": t_orig / t_ours})
+                     "ours_samples_per_s": batch / t_ours, "speedup": t_orig / t_ours,
+                     "ours_bf16_samples_per_s": batch / t_bf16 if bf16 else None,
+                     "speedup_bf16": t_orig / t_bf16 if bf16 else None})
     return rows
 
 
@@ -249,6 +252,7 @@ def main(argv=None):
     parser.add_argument("--trained-density", type=float, default=0.03)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
+    parser.add_argument("--no-bf16", action="store_true", help="skip our loop under bf16 autocast")
     parser.add_argument("--json", help="also write the results here")
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
@@ -256,13 +260,17 @@ def main(argv=None):
           f"{torch.__version__}")
     results = {}
     if opts.part in ("all", "bae"):
-        rows = bench_bae(steps=opts.steps, trained_density=opts.trained_density, repeats=opts.repeats)
+        rows = bench_bae(steps=opts.steps, trained_density=opts.trained_density, repeats=opts.repeats,
+                         bf16=not opts.no_bf16)
         results["bae_step"] = rows
         print("\nBAE step, d=768, m=3072, batch 512, MSE + 1e-7 entropy + 1e-7 covariance, Adam")
-        print(f"{'codes':<38} {'density':>8} {'original (samples/s)':>21} {'ours (samples/s)':>17} {'ratio':>6}")
+        print(f"{'codes':<38} {'density':>8} {'original':>9} {'ours':>9} {'ratio':>6} {'ours bf16':>10} {'ratio':>6}"
+              "   (samples/s)")
         for r in rows:
-            print(f"{r['codes']:<38} {r['density']:>8.3f} {r['original_samples_per_s']:>21.0f} "
-                  f"{r['ours_samples_per_s']:>17.0f} {r['speedup']:>5.2f}x")
+            bf = (f"{r['ours_bf16_samples_per_s']:>10.0f} {r['speedup_bf16']:>5.2f}x" if r["speedup_bf16"]
+                  else f"{'-':>10} {'-':>6}")
+            print(f"{r['codes']:<38} {r['density']:>8.3f} {r['original_samples_per_s']:>9.0f} "
+                  f"{r['ours_samples_per_s']:>9.0f} {r['speedup']:>5.2f}x {bf}")
     if opts.part in ("all", "topk"):
         r = bench_topk(layer=opts.layer, steps=opts.topk_steps, repeats=opts.repeats)
         results["topk_vs_sparsify"] = r

@@ -14,14 +14,14 @@ from pathlib import Path
 DEFAULT_OUTPUT_DIR = "hf_bae_runs/demo"
 
 
-def demo_arguments(output_dir: str, max_tokens: int = 120_000, **overrides):
+def demo_arguments(output_dir: str, max_tokens: int = 60_000, **overrides):
     """The demo's options: SmolLM2-135M-Instruct layer 6 residual stream, State of the Union texts, BAE + TopK."""
     from ..training import BAEArguments, DictionaryArguments, SAEArguments, TrainingArguments
 
     args = TrainingArguments(
         output_dir=output_dir, dictionaries=["bae", "topk"], layer=6, site="resid_post", context_length=128,
         lm_batch_size=8, shuffle_rows=32, batch_size=512, learning_rate=1e-3, max_tokens=max_tokens,
-        validate_every=60, validation_tokens=4096, validation_texts=48, splice_rows=4, checkpoint_every=100,
+        validate_every=40, validation_tokens=4096, validation_texts=48, splice_rows=4, checkpoint_every=100,
         log_every=5, **overrides)
     return args, DictionaryArguments(expansion_factor=4), BAEArguments(entropy_weight=1e-4, covariance_weight=1e-7), \
         SAEArguments(k=32)
@@ -43,7 +43,7 @@ def main(argv: Sequence[str]) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=DEFAULT_OUTPUT_DIR,
                         help="Where the run is written (a previous demo there is replaced).")
-    parser.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=120_000,
+    parser.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=60_000,
                         help="Training tokens (the default takes a few minutes on 2 CPU cores).")
     opts = parser.parse_args(list(argv))
 

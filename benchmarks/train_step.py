@@ -17,7 +17,7 @@ is taken from the progress-bar updates of both trainers, skipping the first step
     python benchmarks/train_step.py              # both parts (a few minutes on 2 CPU cores)
     python benchmarks/train_step.py --part bae   # or --part topk
 
-Prints a table; ratios are measured within one run.
+Prints a table; ratios are measured within one run. Part 2 needs `pip install -e ".[bench]"` (eai-sparsify).
 """
 
 import argparse

@@ -37,6 +37,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -578,7 +579,12 @@ class Trainer:
         return [bool(v) for v in t.tolist()]
 
     def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None:  # a second signal: stop at once, without a checkpoint
+            raise KeyboardInterrupt
         self._signal = signum
+        if self.accelerator.is_main_process:
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (send it again to "
+                             "stop at once without saving).\n")
 
     def _log(self, entry_name: str, record: dict[str, Any]) -> None:
         path = self.output_dir / entry_name / "metrics.jsonl"
@@ -894,13 +900,14 @@ class Trainer:
                                  f"{a.batch_size} tokens per process. Provide more data or lower --batch_size.")
             if window_steps and any(e.window is not None for e in self.entries):
                 self._flush_train_metrics(window_steps, time.perf_counter() - window_start, lr)
-            batches.close()
+            batches.close()  # an activation stream removes its hooks from the LM
             if self._last_validation_step != self.step:
                 self._run_validation()
             if self._last_checkpoint_step != self.step:
                 self.save_checkpoint()
             self._finish()
         finally:
+            batches.close()
             bar.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -11,6 +11,10 @@ Definitions (stated here once; cards, plots and the Space refer to them):
   does not give its threshold; change it with `--dense_threshold`.
 - *FVU*: Σ‖h − ĥ‖² / Σ‖h − mean(h)‖², the fraction of variance unexplained; explained variance = 1 − FVU.
 - *L0*: mean number of features firing per token.
+- *Dense by deviation* (BAE): a code is 1 on most tokens as easily as 0 (the entropy term pushes
+  rates towards either end), and the paper's interpretation scores a code by its deviation from its
+  usual value; `dense_deviation_fraction` counts codes with min(q_j, 1 − q_j) > `dense_threshold`,
+  `constant_code_fraction` those that never leave their usual value (q_j = 0 or 1).
 - *Code entropy*: Σ_j H_b(q_j) in bits over the binary codes, q_j the rate of code j (for a BAE
   with k bits per feature, over all m·k codes): the paper's feature-set entropy estimator.
 - *Mean |off-diagonal covariance|*: Σ_{i≠j} |Cov(c_i, c_j)| / (m(m − 1)) over a batch of codes, the
@@ -162,6 +166,9 @@ class FeatureStats:
             out["explained_variance"] = 1 - out["fvu"]
         if self.code_counts is not None:
             out["code_entropy_bits"] = float(entropy_bits_from_counts(self.code_counts, self.num_tokens).sum())
+            deviation = torch.minimum(self.code_counts, self.num_tokens - self.code_counts) / self.num_tokens
+            out["dense_deviation_fraction"] = float((deviation > dense_threshold).double().mean())
+            out["constant_code_fraction"] = float((deviation == 0).double().mean())
         return out
 
 

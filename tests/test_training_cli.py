@@ -106,3 +106,17 @@ def test_mean_abs_offdiagonal_covariance():
     assert mean_abs_offdiagonal_covariance(codes) == pytest.approx(float(expected), rel=1e-5)
     independent = torch.cat([torch.ones(32, 1), torch.zeros(32, 1)], 1)  # constant codes: no covariance
     assert mean_abs_offdiagonal_covariance(independent) == 0.0
+
+
+def test_dense_by_deviation_counts_codes_that_leave_their_usual_value():
+    from hf_bae.metrics import FeatureStats
+
+    codes = torch.zeros(100, 4)
+    codes[:, 0] = 1  # always on: dense by frequency, constant by deviation
+    codes[:50, 1] = 1  # half the time: dense both ways
+    codes[:5, 2] = 1  # rare
+    stats = FeatureStats(4, num_codes=4, binary=True)
+    stats.update(codes != 0, codes=codes)
+    s = stats.summary(0.1)
+    assert s["dense_fraction"] == 0.5 and s["dense_deviation_fraction"] == 0.25
+    assert s["constant_code_fraction"] == 0.5  # codes 0 (always 1) and 3 (always 0)

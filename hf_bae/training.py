@@ -130,7 +130,8 @@ class TrainingArguments:
     # -- what is trained ------------------------------------------------------------------------
     dictionaries: list[str] = _arg(
         ["bae"], "Dictionaries trained side by side on the same tokens, each with its own optimiser and folder: "
-        + "; ".join(f"{k}: {v}" for k, v in DICTIONARY_KINDS.items()), choices=tuple(DICTIONARY_KINDS))
+        + "; ".join(f"{k}: {v.rstrip('.')}" for k, v in DICTIONARY_KINDS.items()) + ".",
+        choices=tuple(DICTIONARY_KINDS))
     # -- optimisation ---------------------------------------------------------------------------
     learning_rate: float = _arg(5e-4, "Learning rate (the original's published commands use 5e-4).",
                                 aliases=["--lr"])

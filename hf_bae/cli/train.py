@@ -1,0 +1,48 @@
+"""`hf-bae train`: flags generated from `TrainingArguments` and the dictionary configs; calls `hf_bae.training.train`."""
+
+import sys
+from collections.abc import Sequence
+
+from ..arguments import parse
+
+DESCRIPTION = """Train one or several dictionaries (BAE, ReLU / TopK / JumpReLU SAEs, transcoders) on the hidden \
+states of a language model, side by side on the same tokens, each with its own optimiser and output folder. \
+Single process: `hf-bae train ...`; GPUs: `accelerate launch train.py ...`; two CPU processes: \
+`accelerate launch --multi_gpu --num_processes 2 train.py --cpu ...`. Ctrl-C or SIGTERM saves a checkpoint; \
+the same command with --resume continues exactly where it stopped. The original code's flag names \
+(--lr, --covarience_weight, --inner_expand_rate, ...) are accepted as aliases."""
+
+
+def parse_args(argv: Sequence[str] | None):
+    """The four option groups (training, every dictionary, BAE, SAE) parsed from `argv`."""
+    from ..training import ARGUMENT_CLASSES
+
+    return parse(ARGUMENT_CLASSES, argv, prog="hf-bae train", description=DESCRIPTION)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Parse, train, print the final metrics and where the results are; exit 1 on bad input or NaN."""
+    from accelerate import PartialState
+
+    from ..training import NonFiniteLossError, TrainingInterrupted, summarize_run, train
+
+    try:
+        args, dictionary, bae, sae = parse_args(argv)
+    except ValueError as exc:
+        print(f"hf-bae train: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        results = train(args, dictionary, bae, sae)
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + int(exc.signal_number)
+    except (NonFiniteLossError, ValueError, FileNotFoundError) as exc:
+        print(f"hf-bae train: error: {exc}", file=sys.stderr)
+        return 1
+    if PartialState().is_main_process:
+        print(summarize_run(args.output_dir, results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

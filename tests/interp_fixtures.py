@@ -1,17 +1,11 @@
-"""Small, fast fixtures for the interpretation tests: a word-level tokenizer with a chat template,
-a tiny random Llama on it, and a corpus whose words fall in a few obvious categories.
-
-Until `hf_bae.activations` lands on main, `install_activations_shim()` provides a minimal
-implementation of its contract (Site, ActivationBatch, stream_activations) built on
-`output_hidden_states`.
-"""
+"""Small, fast fixtures for the interpretation tests: a word-level tokenizer with a chat template
+(`hf_bae.testing.tiny_causal_lm`'s has none, and the local LLM backend needs one), a tiny random
+Llama on it, a corpus whose words fall in a few obvious categories, and a scripted "LLM" for the
+loopback OpenAI-compatible server that knows those categories."""
 
 from __future__ import annotations
 
 import random
-import sys
-import types
-from dataclasses import dataclass
 
 import torch
 
@@ -67,81 +61,6 @@ def word_lm(num_layers: int = 2, hidden_size: int = 16):
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval(), tok
-
-
-# ----------------------------------------------------------------------------------------------
-# Minimal stand-in for hf_bae.activations (resid_post only), used until the real module is merged.
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Site:
-    layer: int
-    name: str = "resid_post"
-
-    @classmethod
-    def parse(cls, text: str) -> "Site":
-        _, layer, name = text.split(".")
-        return cls(int(layer), name)
-
-    def __str__(self) -> str:
-        return f"layers.{self.layer}.{self.name}"
-
-
-@dataclass
-class ActivationBatch:
-    activations: dict
-    input_ids: torch.Tensor
-    row_index: torch.Tensor
-    positions: torch.Tensor
-    first_row: int
-
-    @property
-    def token_ids(self) -> torch.Tensor:
-        return self.input_ids[self.row_index, self.positions]
-
-
-def stream_activations(model, tokenizer, texts, sites, *, context_length=128, batch_size=8, exclude_special_tokens=True,
-                       outlier_factor=None, skip_rows=0, device=None, dtype=None, progress=True):
-    ids: list[int] = []
-    for text in texts:
-        ids += [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
-    rows = [ids[i : i + context_length] for i in range(0, len(ids) - context_length + 1, context_length)]
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    for b in range(0, len(rows), batch_size):
-        input_ids = torch.tensor(rows[b : b + batch_size])
-        with torch.no_grad():
-            hs = model(input_ids, output_hidden_states=True).hidden_states
-        keep = ~torch.isin(input_ids, special) if exclude_special_tokens else torch.ones_like(input_ids, dtype=torch.bool)
-        r, p = keep.nonzero(as_tuple=True)
-        acts = {str(s): hs[Site.parse(str(s)).layer + 1][r, p].float() for s in sites}
-        yield ActivationBatch(acts, input_ids, r, p, b)
-
-
-def install_activations_shim() -> None:
-    """Make `hf_bae.activations` importable (the shim) if the real module is not there yet."""
-    try:
-        import hf_bae.activations  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("hf_bae.activations")
-        module.Site, module.ActivationBatch, module.stream_activations = Site, ActivationBatch, stream_activations
-        module.load_language_model, module.load_texts = load_language_model, load_texts
-        sys.modules["hf_bae.activations"] = module
-
-
-def load_language_model(name_or_path="embedded", revision=None, dtype=None, device=None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(name_or_path).eval(), AutoTokenizer.from_pretrained(name_or_path)
-
-
-def load_texts(dataset="embedded", split="train", text_column="text", *, config_name=None, data_files=None,
-               streaming=True, rank=0, world_size=1, max_texts=None):
-    import datasets
-
-    ds = datasets.load_dataset(dataset, config_name, data_files=data_files, split=split, streaming=True)
-    for i, row in enumerate(ds):
-        if max_texts is not None and i >= max_texts:
-            return
-        yield row[text_column]
 
 
 # ----------------------------------------------------------------------------------------------

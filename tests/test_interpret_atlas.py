@@ -4,13 +4,11 @@ references; contexts and offsets; metadata; bad input."""
 import pytest
 import torch
 
-from interp_fixtures import corpus, install_activations_shim, word_lm
+from interp_fixtures import corpus, word_lm
 
-install_activations_shim()
-
-from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder  # noqa: E402
-from hf_bae.activations import stream_activations  # noqa: E402
-from hf_bae.interpret.atlas import (  # noqa: E402
+from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
+from hf_bae.activations import stream_activations
+from hf_bae.interpret.atlas import (
     AtlasConfig,
     RandomBaseline,
     build_atlas,

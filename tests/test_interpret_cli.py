@@ -9,13 +9,11 @@ import pytest
 import torch
 
 from fake_openai import FakeOpenAI
-from interp_fixtures import category_llm, corpus, install_activations_shim, word_lm
+from interp_fixtures import category_llm, corpus, word_lm
 
-install_activations_shim()
-
-from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder  # noqa: E402
-from hf_bae.cli import main  # noqa: E402
-from hf_bae.interpret.atlas import load_atlas  # noqa: E402
+from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
+from hf_bae.cli import main
+from hf_bae.interpret.atlas import load_atlas
 
 KEY = "sk-e2e-SECRET-0123456789"
 

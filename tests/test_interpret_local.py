@@ -4,11 +4,9 @@ chat model; the slow test runs the embedded SmolLM2-135M-Instruct end to end."""
 import pytest
 import torch
 
-from interp_fixtures import install_activations_shim, word_lm
+from interp_fixtures import word_lm
 
-install_activations_shim()
-
-from hf_bae.interpret.llm import ChatRequest, LLMClient, TransformersBackend  # noqa: E402
+from hf_bae.interpret.llm import ChatRequest, LLMClient, TransformersBackend
 
 
 def req(text, **kw):

@@ -5,8 +5,10 @@
    `sorted(range(m), key=...)[:k]` and list appends.
 2. LLM calls to an OpenAI-compatible server with simulated latency: the original's one blocking
    call at a time vs our bounded concurrency, and a rerun answered by the response cache.
+3. With --local N: N ComSem judge prompts on the embedded SmolLM2-135M-Instruct, left-padded
+   batches of 8 vs one at a time reusing the KV cache of the shared prompt prefix.
 
-    python benchmarks/bench_comsem.py [--tokens 2000] [--features 4096] [--calls 64] [--latency 0.05]
+    python benchmarks/bench_comsem.py [--tokens 2000] [--features 4096] [--calls 64] [--latency 0.05] [--local 16]
 """
 
 import argparse
@@ -71,6 +73,24 @@ def bench_calls(calls: int, latency: float, concurrency: int) -> tuple[float, fl
     return sequential, concurrent, cached
 
 
+def bench_local(n: int) -> tuple[float, float]:
+    from hf_bae.activations import load_language_model
+    from hf_bae.interpret.llm import TransformersBackend
+    from hf_bae.interpret.prompts import judge_prompt
+
+    model, tok = load_language_model("embedded")
+    words = ["Senate", "apple", "1865", "said", "tree", "House", "quickly", "three"]
+    requests = [ChatRequest.from_messages(judge_prompt((words[i % 8], 2, f"The {words[i % 8]} was there ({i})."),
+                                                       "legislative bodies"), max_tokens=3) for i in range(n)]
+    times = []
+    for prefix_cache in (False, True):
+        backend = TransformersBackend("embedded", model_obj=model, tokenizer=tok, batch_size=8, prefix_cache=prefix_cache)
+        t = time.perf_counter()
+        backend.generate(requests)
+        times.append(time.perf_counter() - t)
+    return times[0], times[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=2000)
@@ -78,8 +98,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds the fake server takes per answer")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--local", type=int, default=0, help="judge prompts for the local-backend row (0: skip it)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 gives steadier timings on a busy machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     ours, naive = bench_selection(args.tokens, args.features, 10, 20)
     seq, conc, cached = bench_calls(args.calls, args.latency, args.concurrency)
@@ -88,6 +110,9 @@ def main() -> None:
         (f"{args.calls} LLM calls, {args.latency * 1000:.0f} ms each", "one call at a time", seq, conc),
         (f"{args.calls} LLM calls, rerun", "one call at a time", seq, cached),
     ]
+    if args.local:
+        batched, prefixed = bench_local(args.local)
+        rows.append((f"{args.local} judge prompts, SmolLM2-135M local", "batches of 8", batched, prefixed))
     print(f"| task | baseline | baseline s | ours s | speed-up |\n|---|---|---|---|---|")
     for task, base, b, o in rows:
         print(f"| {task} | {base} | {b:.3f} | {o:.3f} | {b / o:.1f}x |")

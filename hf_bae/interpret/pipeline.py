@@ -429,6 +429,8 @@ def run_interpret(
             name = entry.name if entry else info.extra.get("name") or Path(path).resolve().name
             items.append((entry or LoadedDictionary(name, RandomBaseline(info.num_features, info.seed), info.dictionary_path),
                           dataset, info, None))
+        for (entry, *_), name in zip(items, _unique_names([e.name for e, *_ in items])):
+            entry.name = name
     else:
         items = build_or_reuse_atlases(corpus, dict_args, atlas_config, lambda name: out / name / "atlas", progress)
 

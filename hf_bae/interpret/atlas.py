@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..metrics import DEFAULT_DENSE_THRESHOLD, FeatureStats, features_fired
 from ..version import __version__
@@ -681,7 +682,7 @@ def build_atlases(
         dense = scorer.stats.dense_mask(config.dense_threshold)
         records = []
         kept = selector.per_feature()
-        for j in range(scorer.num_features):
+        for j in tqdm(range(scorer.num_features), desc=f"atlas ({scorer.kind})", unit="feature", disable=not progress):
             k = kept[j]
             samples = [contexts.record(q, s, a) for q, s, a in zip(k["seq"], k["score"], k["activation"])]
             non_act = [contexts.record(q, 0.0, 0.0) for q in neg.per_feature(j)]

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .activations import model_name_of, stream_activations, token_filter_description
+from .activations import model_name_of, model_revision_of, stream_activations, token_filter_description
 from .sites import Site, parse_sites
 from .version import __version__
 
@@ -338,7 +338,7 @@ def harvest(
     source = dict(getattr(texts, "source", {}) or {}) or ({"dataset": dataset_name} if dataset_name else None)
     manifest = CacheManifest(
         model=model_name_of(name) if name else None,
-        revision=revision,
+        revision=model_revision_of(name, revision) if name else revision,
         sites=keys,
         hidden_sizes={},
         dtype=dtype,

@@ -439,7 +439,10 @@ def stream_activations(
     rows = pack_tokens(texts, tokenizer, context_length)
     bar = tqdm(desc="activations", unit="tok", unit_scale=True, disable=not progress)
     next_row = 0
-    with HookedForward(model, sites) as forward, bar:
+    # The hooks are registered around each forward, not for the generator's lifetime: while the caller
+    # holds a batch, the model is free for other (full) forwards, e.g. splice metrics.
+    forward = HookedForward(model, sites)
+    with bar:
         for batch_rows in _batched(rows, batch_size):
             first, next_row = next_row, next_row + len(batch_rows)
             if next_row <= skip_rows:
@@ -452,7 +455,7 @@ def stream_activations(
                 if isinstance(autocast_dtype, torch.dtype)
                 else contextlib.nullcontext()
             )
-            with autocast:
+            with autocast, forward:
                 acts = forward(input_ids)
             keep = torch.ones_like(input_ids, dtype=torch.bool)
             if special is not None:

@@ -30,7 +30,6 @@ or from the command line (`hf-bae train --help`, `accelerate launch train.py ...
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -408,44 +407,6 @@ def _json_default(value: Any) -> Any:
 # The loop
 # --------------------------------------------------------------------------------------------
 
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
-
-
-def _hook_ids(model: torch.nn.Module) -> dict[int, tuple[set, set]]:
-    return {id(m): tuple(set(getattr(m, d)) for d in _HOOK_DICTS) for m in model.modules()}
-
-
-@contextlib.contextmanager
-def _hooks_set_aside(model: torch.nn.Module | None, own: dict[int, tuple[set, set]]):
-    """Set aside the forward hooks added to `model` since `own` was taken, for the duration of the block.
-
-    A suspended `stream_activations` generator keeps its capture hooks (which stop the forward after
-    the last hooked layer) registered on the LM between batches; the splice metrics need full
-    forwards of the same model in the meantime. Closing and reopening the stream would re-tokenise
-    the corpus up to the current row at every validation, so the stream's hooks are lifted instead
-    and put back, in order, afterwards.
-    """
-    if model is None:
-        yield
-        return
-    saved = []
-    for m in model.modules():
-        baseline = own.get(id(m), (set(), set()))
-        for name, keep in zip(_HOOK_DICTS, baseline):
-            hooks = getattr(m, name)
-            if set(hooks) - keep:
-                saved.append((hooks, dict(hooks)))
-                for key in list(hooks):
-                    if key not in keep:
-                        del hooks[key]
-    try:
-        yield
-    finally:
-        for hooks, content in saved:
-            hooks.clear()
-            hooks.update(content)
-
-
 _TRAIN_STATS = ("loss", "reconstruction_loss", "entropy_bits", "covariance", "l1", "l0", "squared_error",
                 "target_variance")
 
@@ -537,8 +498,6 @@ class Trainer:
         self._first_bad: torch.Tensor | None = None
         self._last_checkpoint_step = -1
         self._last_validation_step = -1
-        # The LM's own hooks, before any activation stream adds its capture hooks (see _hooks_set_aside).
-        self._lm_hooks = _hook_ids(language_model) if language_model is not None else {}
 
     # -- small utilities ------------------------------------------------------------------------
     def _unwrap(self, entry: _Entry) -> DictionaryPreTrainedModel:
@@ -890,8 +849,7 @@ class Trainer:
                     window_start, window_steps = now, 0
                     bar.set_postfix_str(self._postfix(logged), refresh=False)
                 if a.validate_every and self.step % a.validate_every == 0:
-                    with _hooks_set_aside(self.language_model, self._lm_hooks):
-                        self._run_validation()
+                    self._run_validation()
                     window_start = time.perf_counter()  # validation time is not training throughput
                 if a.checkpoint_every and self.step % a.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -1002,8 +960,7 @@ def train(args: TrainingArguments, dictionary: Any = None, bae: Any = None, sae:
             # The splice metrics need the LM the cache was harvested from.
             try:
                 language_model, tokenizer = activations.load_language_model(
-                    "embedded" if lm_name == activations.EMBEDDED_MODEL_ID else lm_name,
-                    revision=args.model_revision or cache.manifest.revision, dtype=args.lm_dtype,
+                    lm_name, revision=args.model_revision or cache.manifest.revision, dtype=args.lm_dtype,
                     device=accelerator.device)
             except (OSError, ValueError) as exc:
                 warnings.warn(f"Splice metrics skipped: could not load {lm_name} ({exc}). Pass --splice_rows 0 to "
@@ -1033,7 +990,8 @@ def train(args: TrainingArguments, dictionary: Any = None, bae: Any = None, sae:
             validation_texts = (lambda: itertools.islice(load(args.split), held_out)) if held_out else None  # noqa: E731
         dataset = activations.EMBEDDED_DATASET_ID if args.dataset == "embedded" else args.dataset
         provenance = {"base_model": activations.model_name_of(args.model_name_or_path),
-                      "base_model_revision": args.model_revision, "layer": layer, "dataset": dataset,
+                      "base_model_revision": activations.model_revision_of(args.model_name_or_path, args.model_revision),
+                      "layer": layer, "dataset": dataset,
                       "context_length": args.context_length,
                       "token_filter": activations.token_filter_description(args.exclude_special_tokens,
                                                                            args.outlier_factor)}

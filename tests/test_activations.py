@@ -366,3 +366,19 @@ def test_recorded_embedded_revision_loads_the_embedded_model_offline(embedded_lm
     model, _ = load_language_model(name, revision=revision)  # no network: the recorded pair maps back
     reference = embedded_lm[0]
     assert torch.equal(model.model.embed_tokens.weight, reference.model.embed_tokens.weight)
+
+
+def test_a_paused_stream_leaves_the_model_free_for_full_forwards(tiny_lm):
+    from hf_bae.activations import Site, stream_activations
+    from hf_bae.testing import small_corpus
+
+    model, tokenizer = tiny_lm("llama")
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        before = model(ids).logits
+    stream = stream_activations(model, tokenizer, small_corpus(), [Site(1, "resid_post")], context_length=16, progress=False)
+    next(stream)  # the generator is now suspended between two batches
+    with torch.no_grad():
+        during = model(ids).logits  # would stop early (and raise) if the capture hooks were still registered
+    assert torch.equal(before, during)
+    assert next(stream).num_tokens > 0

@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("hf-bae harvest: name the sites to harvest, e.g. --sites layers.14.resid_post.")
         import torch
 
-        from ..activations import load_language_model, load_texts, model_revision_of
+        from ..activations import load_language_model, load_texts
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_language_model(args.model, revision=args.revision, dtype=args.model_dtype, device=device)
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             dtype=args.dtype,
             model_name=args.model,
-            revision=model_revision_of(args.model, args.revision),
+            revision=args.revision,
             resume=args.resume,
             overwrite=args.overwrite,
             exclude_special_tokens=args.exclude_special_tokens,

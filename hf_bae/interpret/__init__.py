@@ -1,0 +1,41 @@
+"""Feature interpretation: the feature atlas, LLM backends, and the ComSem protocol.
+
+    from hf_bae.interpret import AtlasConfig, build_atlas, save_atlas, LLMClient, OpenAIBackend, run_comsem
+
+- `atlas`: each feature's samples (tokens in context), frequencies, dead/dense flags → a `datasets.Dataset`.
+- `llm`: OpenAI-compatible and local transformers chat backends, response cache, ledger.
+- `prompts`: the explainer and judge prompts (few-shot examples written for hf_bae).
+- `comsem`: explain, judge, score; `summarize_verdicts` is the logic of the `metrics/comsem` evaluate module.
+- `pipeline`: what `hf-bae atlas` and `hf-bae interpret` run.
+"""
+
+from .atlas import (
+    AtlasConfig,
+    AtlasInfo,
+    RandomBaseline,
+    build_atlas,
+    build_atlases,
+    check_atlas_matches,
+    dictionary_fingerprint,
+    load_atlas,
+    save_atlas,
+)
+from .comsem import ComSemConfig, ComSemRun, parse_answer, parse_explanation, run_comsem, summarize_verdicts
+from .llm import (
+    ChatRequest,
+    ChatResult,
+    LLMClient,
+    LLMConfig,
+    LLMSetupError,
+    OpenAIBackend,
+    ResponseCache,
+    TransformersBackend,
+    make_backend,
+)
+
+__all__ = [
+    "AtlasConfig", "AtlasInfo", "RandomBaseline", "build_atlas", "build_atlases", "check_atlas_matches",
+    "dictionary_fingerprint", "load_atlas", "save_atlas", "ComSemConfig", "ComSemRun", "parse_answer",
+    "parse_explanation", "run_comsem", "summarize_verdicts", "ChatRequest", "ChatResult", "LLMClient", "LLMConfig",
+    "LLMSetupError", "OpenAIBackend", "ResponseCache", "TransformersBackend", "make_backend",
+]

@@ -1,0 +1,490 @@
+"""The `hf-bae atlas` and `hf-bae interpret` pipelines: load dictionaries and the language model, build
+feature atlases from one activation stream, run ComSem on each, and write a table that compares the
+dictionaries (BAE, SAE baselines, random) side by side.
+
+Output of `run_interpret(..., output_dir=OUT)`:
+
+    OUT/<name>/atlas/          the atlas as built (reused by a rerun with the same settings)
+    OUT/<name>/interpreted/    the atlas with explanation, comsem_score and verdicts filled (for the Space)
+    OUT/<name>/comsem.json     the summary (also copied into the dictionary's folder when it is a local folder)
+    OUT/results.md, results.json, comsem_scores.png
+    OUT/ledger.json            calls, cache hits, retries, failures, tokens and cost
+    OUT/interpret_args.json    the options (never the API key)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..version import __version__
+from .atlas import (
+    ATLAS_INFO_FILE,
+    DICTIONARY_TYPES,
+    AtlasConfig,
+    AtlasInfo,
+    RandomBaseline,
+    atlas_features,
+    build_atlases,
+    check_atlas_matches,
+    dictionary_fingerprint,
+    dictionary_type,
+    load_atlas,
+    save_atlas,
+)
+from .comsem import ComSemConfig, ComSemRun, run_comsem
+from .llm import LLMClient, LLMConfig, make_backend, make_cache
+
+logger = logging.getLogger(__name__)
+
+COMSEM_FILE = "comsem.json"
+
+
+def _field(default: Any, help: str, **metadata: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class CorpusArguments:
+    """The language model and the texts the atlas is built from (defaults: the original's corpus size)."""
+
+    _argument_group_name = 'Corpus options (language model and texts)'  # its --help section
+
+    base_model: str | None = _field(
+        None, "Language model: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a folder. Default: the "
+        "dictionary's recorded base_model, else 'embedded'.", aliases=["--LM_name"],
+    )
+    base_model_revision: str | None = _field(None, "Revision of the language model.")
+    dataset: str = _field(
+        "embedded", "Corpus: 'embedded' (State of the Union paragraphs, offline), a Hub dataset or a loader such as 'text'.",
+        aliases=["--dataset_name"],
+    )
+    split: str = _field("train", "Split of the corpus.")
+    text_column: str = _field("text", "Column holding the text.")
+    dataset_config: str | None = _field(None, "Configuration name of the dataset.")
+    data_files: str | None = _field(None, "Data files for a loader dataset (e.g. --dataset text --data_files corpus.txt).")
+    num_texts: int = _field(8192, "Number of texts read from the start of the corpus (the original's sample_size).", aliases=["--sample_size"])
+    context_length: int = _field(128, "Tokens per packed row; a sample's context is its row's stretch between document boundaries.")
+    batch_size: int = _field(8, "Rows per language-model forward pass.")
+    exclude_special_tokens: bool = _field(
+        False, "Leave BOS/EOS and other special tokens out of the samples (the original kept them: BOS is scored too)."
+    )
+    device: str | None = _field(None, "Device of the language model and dictionaries (default: cuda if available, else cpu).")
+    dtype: str | None = _field(None, "dtype of the language model (default: float32 on CPU).")
+
+    def __post_init__(self) -> None:
+        if self.num_texts < 1:
+            raise ValueError(f"num_texts must be >= 1, got {self.num_texts}.")
+
+
+@dataclass
+class DictionaryArguments:
+    """Which dictionaries to interpret."""
+
+    _argument_group_name = 'Dictionary options'  # its --help section
+
+    dictionary: list[str] = _field(
+        [], "Trained dictionary folders (or Hub ids), and/or 'random' for the random baseline, e.g. "
+        "--dictionary runs/bae runs/topk random (the original's BAE_path).", aliases=["--BAE_path"],
+    )
+    type: str | None = _field(
+        None, "Expected type of the dictionaries: BAE, SAE, TRC or random (the original's --type; ours is read from "
+        "each dictionary's config, this only checks it). --type random alone runs the random baseline.",
+        choices=list(DICTIONARY_TYPES),
+    )
+    config_path: str | None = _field(
+        None, "A dictionary's config.json whose width the random baseline copies (the original's config_path, a pickle, "
+        "gave its width). Trained dictionaries read the config.json in their own folder.",
+    )
+    layer: int | None = _field(
+        None, "Check that every dictionary reads this decoder layer (its config's `layer`). The original's --layer L "
+        "indexed hidden_states[L], which is our layer L-1 with site resid_post.",
+    )
+
+
+@dataclass
+class LoadedDictionary:
+    """A dictionary of the run, its display name, and where it came from."""
+
+    name: str
+    dictionary: Any
+    source: str | None = None
+    folder: Path | None = None  # a local folder we may write comsem.json into
+
+    @property
+    def kind(self) -> str:
+        return dictionary_type(self.dictionary)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
+
+
+def load_dictionaries(args: DictionaryArguments, random_features: int | None = None, seed: int = 0,
+                      device: str | None = None) -> list[LoadedDictionary]:
+    """Load the dictionaries named in `args` (the random baseline's width is settled by `settle_random_width`)."""
+    import hf_bae  # noqa: F401 - registers the dictionaries with AutoModel
+    from transformers import AutoModel
+
+    entries = list(args.dictionary)
+    if args.type == "random" and "random" not in entries:
+        entries.append("random")
+    if not entries:
+        raise ValueError("No dictionary given: pass --dictionary PATH [PATH ...] (trained dictionary folders) and/or 'random'.")
+    loaded = []
+    for entry in entries:
+        if entry == "random":
+            loaded.append(LoadedDictionary("random", RandomBaseline(random_features or 0, seed), "random"))
+            continue
+        try:
+            model = AutoModel.from_pretrained(entry)
+        except Exception as error:  # noqa: BLE001 - re-raised with what to do
+            raise ValueError(
+                f"Could not load a dictionary from {entry!r} ({type(error).__name__}: {str(error)[:200]}). Pass a folder "
+                "written by `hf-bae train` / save_pretrained (config.json + model.safetensors), or 'random'."
+            ) from error
+        kind = dictionary_type(model)
+        if args.type not in (None, "random") and kind != args.type:
+            raise ValueError(f"{entry} is a {kind} dictionary, but --type {args.type} was given.")
+        if args.layer is not None and model.config.layer != args.layer:
+            raise ValueError(
+                f"{entry} reads layer {model.config.layer} ({model.config.site}), not --layer {args.layer}. "
+                "(The original's --layer L is our layer L-1, site resid_post.)"
+            )
+        if device:
+            model = model.to(device)
+        folder = Path(entry) if Path(entry).is_dir() else None
+        name = (folder.resolve().name if folder else entry.rstrip("/").split("/")[-1]) or "dictionary"
+        loaded.append(LoadedDictionary(name, model.eval(), entry, folder))
+    for d, name in zip(loaded, _unique_names([d.name for d in loaded])):
+        d.name = name
+    return loaded
+
+
+def settle_random_width(entries: list[LoadedDictionary], args: DictionaryArguments, atlas: AtlasConfig,
+                        hidden_size: int | None) -> None:
+    """Give the random baseline its width: --random_features, else the --config_path config's, else the first
+    trained dictionary's, else 4 x the language model's hidden size (the original)."""
+    width = atlas.random_features
+    if width is None and args.config_path:
+        data = json.loads(Path(args.config_path).read_text())
+        width = data.get("latent_size") or data.get("expansion_factor", 4) * data["hidden_size"]
+    if width is None:
+        width = next((e.dictionary.config.num_latents for e in entries if e.kind != "random"), None)
+    if width is None and hidden_size is not None:
+        width = 4 * hidden_size
+    for e in entries:
+        if e.kind == "random" and width:
+            e.dictionary = RandomBaseline(int(width), atlas.seed)
+
+
+def resolve_base_model(corpus: CorpusArguments, entries: list[LoadedDictionary]) -> str:
+    """--base_model, else the dictionaries' recorded base model (they must agree), else 'embedded'."""
+    recorded = {e.dictionary.config.base_model for e in entries if e.kind != "random" and e.dictionary.config.base_model}
+    if corpus.base_model:
+        for model in recorded - {corpus.base_model}:
+            logger.warning("a dictionary was trained on %s, but --base_model %s was given", model, corpus.base_model)
+        return corpus.base_model
+    if len(recorded) > 1:
+        raise ValueError(f"The dictionaries were trained on different models ({sorted(recorded)}): interpret them in separate runs.")
+    return recorded.pop() if recorded else "embedded"
+
+
+def _settings_hash(corpus: CorpusArguments, atlas: AtlasConfig, fingerprint: str, base_model: str) -> str:
+    data = {"corpus": dataclasses.asdict(corpus), "atlas": dataclasses.asdict(atlas), "fingerprint": fingerprint,
+            "base_model": base_model}
+    for volatile in ("device", "dtype", "batch_size"):
+        data["corpus"].pop(volatile, None)
+    data["atlas"].pop("cache_activations_gb", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_or_reuse_atlases(
+    corpus: CorpusArguments,
+    dict_args: DictionaryArguments,
+    atlas_config: AtlasConfig,
+    folder_for: Callable[[str], Path] | None = None,
+    progress: bool = True,
+) -> list[tuple[LoadedDictionary, Any, AtlasInfo, Path | None]]:
+    """Load the dictionaries and build their atlases in one activation stream.
+
+    `folder_for(name)` says where a dictionary's atlas is saved; an atlas already there, built with the
+    same dictionary and settings, is reused instead of rebuilt (so an interrupted `interpret` resumes).
+    """
+    entries = load_dictionaries(dict_args, atlas_config.random_features, atlas_config.seed, corpus.device)
+    folders = {e.name: folder_for(e.name) for e in entries} if folder_for else {}
+    base_model = resolve_base_model(corpus, entries)
+    settle_random_width(entries, dict_args, atlas_config, None)
+    results: dict[str, tuple[Any, AtlasInfo]] = {}
+    for e in entries:
+        folder = folders.get(e.name)
+        if folder is None or not (folder / ATLAS_INFO_FILE).is_file() or (e.kind == "random" and not e.dictionary.num_features):
+            continue
+        dataset, info = load_atlas(folder)
+        if info.extra.get("settings_hash") == _settings_hash(corpus, atlas_config, dictionary_fingerprint(e.dictionary), base_model):
+            logger.info("reusing the atlas of %s at %s", e.name, folder)
+            results[e.name] = (dataset, info)
+    todo = [e for e in entries if e.name not in results]
+    if todo:
+        from ..activations import load_language_model, load_texts
+
+        model, tokenizer = load_language_model(base_model, revision=corpus.base_model_revision, dtype=corpus.dtype,
+                                               device=corpus.device)
+        settle_random_width(entries, dict_args, atlas_config, model.config.hidden_size)
+
+        def texts():
+            return load_texts(corpus.dataset, corpus.split, corpus.text_column, config_name=corpus.dataset_config,
+                              data_files=corpus.data_files, max_texts=corpus.num_texts)
+
+        source = {"base_model": base_model, "base_model_revision": corpus.base_model_revision, "dataset": corpus.dataset,
+                  "split": corpus.split, "num_texts": corpus.num_texts, "text_column": corpus.text_column}
+        built = build_atlases(
+            [e.dictionary for e in todo], model, tokenizer, texts, atlas_config,
+            context_length=corpus.context_length, batch_size=corpus.batch_size,
+            exclude_special_tokens=corpus.exclude_special_tokens, device=corpus.device, dtype=corpus.dtype,
+            progress=progress, source=source, dictionary_paths=[e.source for e in todo],
+        )
+        for e, (dataset, info) in zip(todo, built):
+            info.extra["settings_hash"] = _settings_hash(corpus, atlas_config, info.dictionary_fingerprint, base_model)
+            info.extra["name"] = e.name
+            folder = folders.get(e.name)
+            if folder is not None:
+                save_atlas(dataset, info, folder)
+                dataset, info = load_atlas(folder)  # memory-mapped from disk from now on
+            results[e.name] = (dataset, info)
+        del model
+    return [(e, *results[e.name], folders.get(e.name)) for e in entries]
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing ComSem results
+# ----------------------------------------------------------------------------------------------
+def apply_results(dataset, run: ComSemRun):
+    """The atlas with explanation, comsem_score, verdicts, comsem_status, balanced_accuracy and judge_failures filled."""
+    by_feature = {r.feature: r for r in run.results}
+
+    def fill(row):
+        r = by_feature.get(row["feature"])
+        if r is None:
+            return row
+        row.update(explanation=r.explanation, comsem_score=r.comsem_score, verdicts=r.verdicts, comsem_status=r.status,
+                   balanced_accuracy=r.balanced_accuracy, judge_failures=r.judge_failures)
+        return row
+
+    return dataset.map(fill, features=atlas_features(), keep_in_memory=True, desc="writing results")
+
+
+def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, Any]) -> dict[str, Any]:
+    """The content of `comsem.json` (read by the Hub model card)."""
+    s = run.summary
+    return {
+        "comsem_score": s["comsem_score"],
+        "interpretable_fraction": s["interpretable_fraction"],
+        "interpretable_count": s["interpretable_count"],
+        "threshold": s["threshold"],
+        "features_scored": s["features_scored"],
+        "features_interpreted": s["features_selected"],
+        "num_features": info.num_features,
+        "features_too_few_samples": s["status_counts"].get("too_few_samples", 0),
+        "features_explained": s["features_explained"],
+        "status_counts": s["status_counts"],
+        "unparseable": s["unparseable"],
+        "judge_failures": s["judge_failures"],
+        "judge_calls_pending_explanations": s["judge_calls_pending_explanations"],
+        "histogram": s["histogram"],
+        "beyond_paper": s["beyond_paper"],
+        "name": name,
+        "dictionary_type": info.dictionary_type,
+        "dictionary_fingerprint": info.dictionary_fingerprint,
+        "dead_features": info.dead_features,
+        "dense_features": info.dense_features,
+        "dense_threshold": info.dense_threshold,
+        "judge": judge,
+        "protocol": s["protocol"],
+        "atlas": {k: getattr(info, k) for k in ("base_model", "layer", "site", "dataset", "split", "num_texts", "num_tokens",
+                                                 "top_k", "selection", "sae_rescale", "active_only", "exclude_special_tokens")},
+        "ledger": run.ledger,
+        "hf_bae_version": __version__,
+    }
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def results_table(reports: Sequence[dict[str, Any]]) -> str:
+    """A markdown table comparing dictionaries side by side."""
+    columns = [
+        ("dictionary", lambda r: r["name"]),
+        ("type", lambda r: r["dictionary_type"]),
+        ("features", lambda r: r["num_features"]),
+        ("dead", lambda r: r["dead_features"]),
+        ("dense", lambda r: r["dense_features"]),
+        ("interpreted", lambda r: r["features_interpreted"]),
+        ("too few samples", lambda r: r["features_too_few_samples"]),
+        ("scored", lambda r: r["features_scored"]),
+        ("ComSem score", lambda r: _fmt(r["comsem_score"])),
+        (f"interpretable (score ≥ {reports[0]['threshold'] if reports else 0.5})", lambda r: r["interpretable_count"]),
+        ("interpretable fraction", lambda r: _fmt(r["interpretable_fraction"])),
+        ("specificity*", lambda r: _fmt(r["beyond_paper"]["specificity"])),
+        ("balanced accuracy*", lambda r: _fmt(r["beyond_paper"]["balanced_accuracy"])),
+        ("unparseable", lambda r: r["unparseable"]),
+        ("failed calls", lambda r: r["judge_failures"] + r["status_counts"].get("explain_failed", 0)),
+    ]
+    lines = ["| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in reports:
+        lines.append("| " + " | ".join(str(get(r)) for _, get in columns) + " |")
+    lines.append("")
+    lines.append("ComSem score: mean over scored features of the fraction of held-out activating samples the judge accepts "
+                 "(the paper's). *Beyond the paper: judged on non-activating samples too. Compare with the random "
+                 "baseline under the same judge.")
+    return "\n".join(lines)
+
+
+def plot_scores(reports: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Grouped histogram of per-feature ComSem scores, one colour per dictionary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    edges = reports[0]["histogram"]["bin_edges"]
+    width = (edges[1] - edges[0]) / (len(reports) + 1)
+    for i, r in enumerate(reports):
+        counts = np.asarray(r["histogram"]["counts"], dtype=float)
+        total = counts.sum()
+        ax.bar(np.asarray(edges[:-1]) + (i + 0.5) * width, counts / total if total else counts, width=width,
+               label=f"{r['name']} (mean {_fmt(r['comsem_score'], 2)})")
+    ax.set_xlabel("ComSem score of a feature (fraction of Yes on held-out samples)")
+    ax.set_ylabel("fraction of scored features")
+    ax.set_xlim(0, 1)
+    ax.legend()
+    ax.set_title("ComSem scores by dictionary")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_interpret(
+    corpus: CorpusArguments,
+    dict_args: DictionaryArguments,
+    atlas_config: AtlasConfig,
+    llm_config: LLMConfig,
+    comsem_config: ComSemConfig,
+    output_dir: str | os.PathLike,
+    atlas_paths: Sequence[str] = (),
+    no_interpret: bool = False,
+    write_to_dictionaries: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """atlas → explain → judge → metric for every dictionary; writes the outputs listed in the module docstring.
+
+    Returns the per-dictionary reports (the content of each `comsem.json`), or the atlas statistics with
+    `no_interpret`. With `llm_config.dry_run` nothing is sent and nothing is written into dictionary folders.
+    """
+    out = Path(output_dir)
+    # Fail on configuration (e.g. a missing API key) before any expensive work.
+    backend = None if no_interpret else make_backend(llm_config)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "interpret_args.json").write_text(json.dumps({
+        "corpus": dataclasses.asdict(corpus), "dictionaries": dataclasses.asdict(dict_args),
+        "atlas": dataclasses.asdict(atlas_config), "llm": llm_config.public_dict(),
+        "comsem": dataclasses.asdict(comsem_config), "atlas_paths": list(atlas_paths), "hf_bae_version": __version__,
+    }, indent=2) + "\n")
+
+    if atlas_paths:
+        items = []
+        dictionaries = load_dictionaries(dict_args, atlas_config.random_features, atlas_config.seed) if dict_args.dictionary else []
+        if dictionaries and len(dictionaries) != len(atlas_paths):
+            raise ValueError(f"{len(atlas_paths)} atlases but {len(dictionaries)} dictionaries: pass one dictionary per atlas, or none.")
+        for i, path in enumerate(atlas_paths):
+            dataset, info = load_atlas(path)
+            entry = None
+            if dictionaries:
+                entry = dictionaries[i]
+                if entry.kind == "random":
+                    entry.dictionary = RandomBaseline(info.num_features, info.seed)
+                check_atlas_matches(info, entry.dictionary, path)
+            name = entry.name if entry else info.extra.get("name") or Path(path).resolve().name
+            items.append((entry or LoadedDictionary(name, RandomBaseline(info.num_features, info.seed), info.dictionary_path),
+                          dataset, info, None))
+        for (entry, *_), name in zip(items, _unique_names([e.name for e, *_ in items])):
+            entry.name = name
+    else:
+        items = build_or_reuse_atlases(corpus, dict_args, atlas_config, lambda name: out / name / "atlas", progress)
+
+    if no_interpret:
+        stats = [{"name": e.name, **{k: getattr(info, k) for k in ("dictionary_type", "num_features", "num_tokens",
+                                                                  "dead_features", "dense_features")}}
+                 for e, _, info, _ in items]
+        (out / "results.json").write_text(json.dumps(stats, indent=2) + "\n")
+        return stats
+
+    cache = make_cache(llm_config)
+    remaining = llm_config.max_calls
+    reports, ledgers = [], {}
+    random_score = None
+    for entry, dataset, info, _ in items:
+        client = LLMClient(backend, cache, max_calls=remaining, dry_run=llm_config.dry_run, progress=progress)
+        run = run_comsem(dataset, client, comsem_config, progress=progress)
+        if remaining is not None:
+            remaining = max(0, remaining - client.ledger.calls)
+        ledgers[entry.name] = client.ledger.to_dict()
+        report = comsem_report(entry.name, info, run, {"backend": backend.identity, "model": backend.model})
+        reports.append(report)
+        if info.dictionary_type == "random":
+            random_score = report["comsem_score"]
+        if not llm_config.dry_run:
+            folder = out / entry.name
+            folder.mkdir(parents=True, exist_ok=True)
+            apply_results(dataset, run).save_to_disk(str(folder / "interpreted"))
+            (folder / "interpreted" / ATLAS_INFO_FILE).write_text(json.dumps(dataclasses.asdict(info), indent=2, default=str) + "\n")
+        print(f"{entry.name}: {client.ledger.describe()}")
+
+    for report, (entry, *_rest) in zip(reports, items):
+        if random_score is not None and report["dictionary_type"] != "random":
+            report["random_baseline_comsem_score"] = random_score
+        if llm_config.dry_run:
+            continue
+        text = json.dumps(report, indent=2) + "\n"
+        (out / entry.name / COMSEM_FILE).write_text(text)
+        if write_to_dictionaries and entry.folder is not None:
+            (entry.folder / COMSEM_FILE).write_text(text)
+
+    (out / "ledger.json").write_text(json.dumps(ledgers, indent=2) + "\n")
+    if llm_config.dry_run:
+        now = sum(l["would_call"] for l in ledgers.values())
+        later = sum(r["judge_calls_pending_explanations"] for r in reports)
+        cost = sum(l["would_call_estimated_cost_usd"] for l in ledgers.values())
+        print(f"dry run: {now} calls would be made ({sum(l['cache_hits'] for l in ledgers.values())} answers are cached), "
+              f"then up to {later} judge calls for the features whose explanation is not cached yet: at most {now + later} "
+              f"calls. Estimated prompt cost of the first {now}: ${cost:.4f}.")
+        return reports
+    table = results_table(reports)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(reports, indent=2) + "\n")
+    if any(r["features_scored"] for r in reports):
+        plot_scores(reports, out / "comsem_scores.png")
+    print(table)
+    return reports

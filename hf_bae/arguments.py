@@ -30,10 +30,14 @@ def config_arguments(config_class: type, exclude: Sequence[str] = ()) -> type:
     return dataclasses.make_dataclass(f"{config_class.__name__}Arguments", specs)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps a command's description as written (usage examples stay readable) and shows defaults."""
+
+
 def build_parser(dataclass_types: Sequence[type], prog: str, description: str) -> HfArgumentParser:
     """An argparse parser whose flags come from the given dataclasses (one argument group each)."""
     parser = HfArgumentParser(
-        [], prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        [], prog=prog, description=description, formatter_class=_HelpFormatter
     )
     for dtype in dataclass_types:
         group_name = getattr(dtype, "_argument_group_name", None)

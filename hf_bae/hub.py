@@ -449,6 +449,9 @@ def _require_token(token: str | bool | None) -> None:
 
 def _push_atlas(atlas: str, atlas_repo: str, opts: PushOptions, token: str | bool | None) -> None:
     from datasets import load_from_disk
+    from huggingface_hub import HfApi
+
+    from .interpret.atlas import ATLAS_INFO_FILE
 
     path = Path(atlas)
     if not path.is_dir():
@@ -463,6 +466,17 @@ def _push_atlas(atlas: str, atlas_repo: str, opts: PushOptions, token: str | boo
         opts.max_retries,
         opts.retry_wait,
     )
+    # The atlas's metadata (dictionary fingerprint, base model, layer, site, selection settings) is a
+    # file beside the Arrow data that Dataset.push_to_hub does not carry; the Space checks it.
+    info = path / ATLAS_INFO_FILE
+    if info.is_file():
+        with_retries(
+            lambda: HfApi(token=token).upload_file(path_or_fileobj=str(info), path_in_repo=ATLAS_INFO_FILE, repo_id=atlas_repo,
+                                                   repo_type="dataset", commit_message="Upload atlas metadata"),
+            f"Uploading {ATLAS_INFO_FILE} to {atlas_repo}",
+            opts.max_retries,
+            opts.retry_wait,
+        )
 
 
 def push_run(run_dir: str | Path, repo_id: str, *, token: str | bool | None = None, **options: Any) -> PushResult:

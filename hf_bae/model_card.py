@@ -38,7 +38,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "kl_divergence": ("KL", "KL divergence of the LM's next-token distribution with ĥ spliced in from the original one (nats)"),
     "js_divergence": ("JS", "Jensen–Shannon divergence between the same two distributions"),
     "comsem_score": ("ComSem", "ComSem score of the features' LLM explanations (`hf-bae interpret`)"),
-    "interpretable_fraction": ("Interpretable", "share of the explained features judged interpretable"),
+    "interpretable_fraction": ("Interpretable", "share of the interpreted features (those with too few samples count as not interpretable) whose ComSem score reaches the threshold"),
     "num_tokens": ("Tokens", "number of validation tokens the metrics were computed on"),
 }
 PERCENT_METRICS = ("dead_fraction", "dense_fraction", "interpretable_fraction")

@@ -73,6 +73,7 @@ def pushed(tmp_path_factory):
     # Weights the Hub has not seen yet, so that their push needs an LFS upload (objects are kept by content).
     SparseAutoencoder(SAEConfig(hidden_size=D, layer=3)).save_pretrained(tmp / "new_run" / "relu")
     Dataset.from_dict({"feature": [0, 1], "top_contexts": [["the cat"], ["a dog"]]}).save_to_disk(str(tmp / "atlas"))
+    (tmp / "atlas" / "atlas.json").write_text('{"layer": 1, "site": "resid_post"}')
     x = activations(8, seed=7)
     torch.save(x, tmp / "x.pt")
     with FakeHub() as hub:
@@ -135,6 +136,7 @@ def test_feature_atlas_is_a_dataset_linked_from_the_card(pushed):
     hub = pushed["hub"]
     atlas_files = hub.files(f"{MULTI}-atlas", repo_type="dataset")
     assert any(f.endswith(".parquet") for f in atlas_files)
+    assert "atlas.json" in atlas_files  # the metadata the Space checks travels with the data
     card = ModelCard(hub.files(MULTI)["README.md"].decode())
     assert f"{MULTI}-atlas" in card.data.datasets
     assert f"https://huggingface.co/datasets/{MULTI}-atlas" in card.text

@@ -158,7 +158,8 @@ def build_demo(browser: FeatureBrowser):
         """Summary HTML, per-atlas numbers, frequency histogram, ComSem score histogram."""
         if "overview" not in cache:
             summary_html, rows, freq_png, score_png = browser.overview()
-            cache["overview"] = (summary_html, pd.DataFrame(rows), _image(freq_png), _image(score_png))
+            numbers = pd.DataFrame(rows).map(lambda v: float(f"{v:.4g}") if isinstance(v, float) else v)
+            cache["overview"] = (summary_html, numbers, _image(freq_png), _image(score_png))
         return cache["overview"]
 
     @guard
@@ -193,7 +194,7 @@ def build_demo(browser: FeatureBrowser):
         return (
             result.notice,
             result.tokens_html,
-            pd.DataFrame(result.per_feature, columns=["feature", "fires on (tokens)", "where ([token])", "explanation"]),
+            pd.DataFrame(result.per_feature, columns=["feature", "tokens", "where it fires ([token])", "explanation"]),
             pd.DataFrame(result.per_token, columns=["position", "token", "features firing", "strongest features"]),
         )
 
@@ -226,7 +227,8 @@ def build_demo(browser: FeatureBrowser):
                     hide_dead = gr.Checkbox(label="Hide dead", value=False, scale=1)
                     page = gr.Number(label="Page", value=1, precision=0, minimum=1, scale=1)
                 table_info = gr.Markdown(elem_id="table-info")
-                features = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="feature-table", max_height=600)
+                features = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="feature-table", max_height=600,
+                                        column_widths=["8%", "10%", "7%", "10%", "8%", "57%"])
                 gr.Markdown("Click a row to open the feature.")
             with gr.Tab("Feature", id="feature"):
                 with gr.Row():
@@ -236,7 +238,8 @@ def build_demo(browser: FeatureBrowser):
                 gr.Markdown("### Top samples (firing token highlighted)")
                 samples = gr.HTML(elem_id="feature-samples", js_on_load=None)
                 with gr.Row():
-                    neighbours = gr.Dataframe(label="Neighbours by decoder cosine", interactive=False, wrap=True, elem_id="feature-neighbours", scale=3)
+                    neighbours = gr.Dataframe(label="Neighbours by decoder cosine (click a row to open it)", interactive=False, wrap=True,
+                                              elem_id="feature-neighbours", scale=3, column_widths=["12%", "12%", "14%", "62%"])
                     verdicts = gr.Dataframe(label="Judge verdicts", interactive=False, elem_id="feature-verdicts", scale=2)
                 with gr.Accordion("Non-activating samples", open=False):
                     non_activating = gr.HTML(elem_id="feature-non-activating", js_on_load=None)
@@ -247,7 +250,8 @@ def build_demo(browser: FeatureBrowser):
                 notice = gr.Markdown(elem_id="tryit-notice")
                 gr.Markdown("Each token with its strongest features; click a feature to open it.")
                 tokens_html = gr.HTML(elem_id="tryit-tokens", js_on_load=CHIP_JS)
-                per_feature = gr.Dataframe(label="Features that fire (click a row to open it)", interactive=False, wrap=True, elem_id="tryit-features")
+                per_feature = gr.Dataframe(label="Features that fire, strongest first (click a row to open it)", interactive=False, wrap=True,
+                                           elem_id="tryit-features", column_widths=["8%", "8%", "54%", "30%"], max_height=500)
                 with gr.Accordion("Per token", open=False):
                     per_token = gr.Dataframe(interactive=False, elem_id="tryit-tokens-table")
 

@@ -11,7 +11,7 @@
 
 Clicking a row of any table, or a feature chip under a token, opens that feature's page. Each
 view is also a named API endpoint (`/overview`, `/table`, `/feature`, `/try_it`) for
-`gradio_client`. Gradio is imported here only, so the rest of hf_bae does not need it.
+`gradio_client`. Gradio is imported only when the app is built, so the rest of hf_bae does not need it.
 """
 
 import io
@@ -19,9 +19,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import gradio as gr
-import pandas as pd
 
 from .feature_browser import DEFAULT_MAX_TOKENS, TABLE_COLUMNS, TABLE_SORT_KEYS, FeatureBrowser
 
@@ -136,6 +133,8 @@ def _image(png: bytes):
 
 def build_demo(browser: FeatureBrowser):
     """The Gradio Blocks app over `browser`."""
+    import gradio as gr  # here, so that `hf-bae space --help` does not wait for it
+    import pandas as pd
     names = browser.names
     multi = len(names) > 1
     cache: dict[str, Any] = {}

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 EVIL = '<img src=x onerror="window.__pwned=1"><b id="injected">bold</b>'
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """A tiny LM, a BAE and a TopK SAE on it, and an atlas of each (built by running them)."""
     torch.set_num_threads(2)
@@ -41,7 +41,7 @@ def world(tmp_path_factory):
     return dict(root=root, model=model, tokenizer=tokenizer, bae=bae, sae=sae, bae_rows=bae_rows, sae_rows=sae_rows, explained=(a, b, c))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(world):
     r = world["root"]
     return FeatureBrowser.from_paths([str(r / "bae-atlas-explained"), str(r / "sae-atlas")], [str(r / "bae"), str(r / "sae")])

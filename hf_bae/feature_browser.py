@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,7 @@ class Atlas:
         self.source = source
         self.name = name or self.info.get("name") or self.info.get("dictionary_type") or Path(str(source)).name or "atlas"
         self._rows: OrderedDict[int, dict] = OrderedDict()
+        self._lock = threading.Lock()  # Gradio serves several requests at once from threads
 
     @classmethod
     def load(cls, path_or_repo: str | os.PathLike, name: str | None = None, revision: str | None = None) -> Atlas:
@@ -198,13 +200,15 @@ class Atlas:
     def record(self, feature: int, cache_size: int = 512) -> dict[str, Any]:
         """The full row of `feature` (samples, verdicts, ...), read once and kept in an LRU cache."""
         row = self.row_for(feature)
-        if row in self._rows:
-            self._rows.move_to_end(row)
-            return self._rows[row]
+        with self._lock:
+            if row in self._rows:
+                self._rows.move_to_end(row)
+                return self._rows[row]
         record = self.dataset[row]
-        self._rows[row] = record
-        if len(self._rows) > cache_size:
-            self._rows.popitem(last=False)
+        with self._lock:
+            self._rows[row] = record
+            while len(self._rows) > cache_size:
+                self._rows.popitem(last=False)
         return record
 
     # -- metadata, with the names `hf-bae atlas` writes ---------------------------------------
@@ -470,7 +474,8 @@ class FeatureBrowser:
         self.max_tokens = max_tokens
         self._lms: dict[str, tuple[Any, Any]] = {}
         self._overview: tuple | None = None
-        self._pages: OrderedDict[tuple[str, int], FeaturePage] = OrderedDict()
+        self._pages: OrderedDict[tuple[str, int, int], FeaturePage] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_paths(
@@ -687,14 +692,16 @@ class FeatureBrowser:
         atlas = self.atlas(name)
         row = atlas.row_for(feature)  # raises for an unknown id
         feature = int(atlas.index.feature[row])
-        key = (atlas.name, feature)
-        if key in self._pages:
-            self._pages.move_to_end(key)
-            return self._pages[key]
+        key = (atlas.name, feature, num_neighbours)
+        with self._lock:
+            if key in self._pages:
+                self._pages.move_to_end(key)
+                return self._pages[key]
         page = self._build_page(atlas, feature, num_neighbours)
-        self._pages[key] = page
-        if len(self._pages) > 256:
-            self._pages.popitem(last=False)
+        with self._lock:
+            self._pages[key] = page
+            while len(self._pages) > 256:
+                self._pages.popitem(last=False)
         return page
 
     def _build_page(self, atlas: Atlas, feature: int, num_neighbours: int) -> FeaturePage:
@@ -777,9 +784,10 @@ class FeatureBrowser:
                 "Try it needs the language model the dictionary reads, and neither the dictionary's config "
                 "(base_model) nor the atlas records it: pass `--lm NAME_OR_PATH`."
             )
-        if name not in self._lms:
-            self._lms[name] = load_language_model(name)
-        return self._lms[name]
+        with self._lock:  # load once even when two requests arrive together
+            if name not in self._lms:
+                self._lms[name] = load_language_model(name)
+            return self._lms[name]
 
     def try_it(self, name: str | None, text: str, top_k: int = 3, max_features: int = 200) -> TryIt:
         """Run the LM and the dictionary on `text`: per token, the features that fire (strongest

@@ -155,6 +155,16 @@ def test_try_it_escapes_html_and_truncates_long_input(browser, world):
         browser.try_it("BAE", "   ")
 
 
+def test_an_atlas_without_its_dictionary_is_browsable(world, tmp_path):
+    """E.g. the random baseline's atlas: table and pages work; neighbours and Try it say what they need."""
+    atlas = Atlas.load(world["root"] / "sae-atlas", name="random")
+    browser = FeatureBrowser([atlas])
+    page = browser.feature("random", 1)
+    assert page.neighbours == [] and "Neighbours need the dictionary" in page.header_html
+    with pytest.raises(ValueError, match="Try it needs the dictionary of atlas 'random': pass `--model DIR`"):
+        browser.try_it("random", "The cat")
+
+
 # -- mismatches -----------------------------------------------------------------------------------
 def test_model_atlas_mismatch_is_refused(world, tmp_path):
     r = world["root"]

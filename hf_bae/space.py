@@ -15,9 +15,12 @@ view is also a named API endpoint (`/overview`, `/table`, `/feature`, `/try_it`)
 """
 
 import io
+import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .feature_browser import DEFAULT_MAX_TOKENS, TABLE_COLUMNS, TABLE_SORT_KEYS, FeatureBrowser
@@ -114,12 +117,74 @@ def apply_environment(args: SpaceArguments, environ: dict[str, str] | None = Non
     return args
 
 
+# The default atlas: a BAE on the residual stream after layer 6 of the embedded SmolLM2-135M-Instruct
+# (as `hf-bae demo`), trained on State of the Union paragraphs. Small enough to build in a few CPU
+# minutes on first start; a real Space points HF_BAE_ATLAS / HF_BAE_MODEL at its own.
+DEFAULT_LAYER = 6
+DEFAULT_TRAIN_TOKENS = 60_000
+DEFAULT_ATLAS_TEXTS = 400
+
+
+def default_cache_dir() -> Path:
+    """Where the default dictionary and atlas are kept: `$HF_BAE_CACHE` (else `$HF_HOME/hf_bae`)/space-default-<version>."""
+    from .embedded import cache_root
+    from .version import __version__
+
+    return cache_root() / f"space-default-{__version__}"
+
+
+def default_inputs(cache_dir: str | os.PathLike | None = None, *, train_tokens: int = DEFAULT_TRAIN_TOKENS,
+                   atlas_texts: int = DEFAULT_ATLAS_TEXTS, progress: bool = True) -> tuple[str, str]:
+    """The default dictionary and atlas, `(dictionary folder, atlas folder)`: built with the library
+    (`hf_bae.training.train`, then `hf_bae.interpret.atlas.build_atlas`) on the embedded model and
+    corpus the first time, offline, and reused from `cache_dir` afterwards.
+
+    The run is built in a temporary sibling folder and renamed into place at the end, so an
+    interrupted build is never mistaken for a finished one.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dictionary, atlas = root / "run" / "bae", root / "atlas"
+    if (root / "complete.json").is_file():
+        return str(dictionary), str(atlas)
+    from transformers import AutoModel
+
+    from .activations import load_language_model, load_texts
+    from .interpret.atlas import AtlasConfig, build_atlas, save_atlas
+    from .training import BAEArguments, DictionaryArguments, TrainingArguments, train
+
+    print(f"hf_bae space: building the default atlas in {root} (once; a few minutes on a CPU)...", flush=True)
+    work = root.parent / f"{root.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    args = TrainingArguments(
+        output_dir=str(work / "run"), dictionaries=["bae"], layer=DEFAULT_LAYER, site="resid_post", batch_size=512,
+        learning_rate=1e-3, max_tokens=train_tokens, validate_every=0, validation_tokens=2048, validation_texts=16,
+        splice_rows=0, checkpoint_every=0, save_total_limit=1, plots=False, progress=progress, overwrite=True,
+    )
+    train(args, DictionaryArguments(expansion_factor=4), BAEArguments(entropy_weight=1e-4, covariance_weight=1e-7))
+    bae = AutoModel.from_pretrained(work / "run" / "bae")
+    model, tokenizer = load_language_model("embedded")
+    dataset, info = build_atlas(
+        bae, model, tokenizer, lambda: load_texts("embedded", max_texts=atlas_texts), AtlasConfig(samples_per_feature=20),
+        source={"base_model": bae.config.base_model, "dataset": "embedded", "num_texts": atlas_texts},
+        dictionary_paths=[str(dictionary)], progress=progress,
+    )
+    save_atlas(dataset, info, work / "atlas")
+    shutil.rmtree(work / "run" / "checkpoints", ignore_errors=True)
+    (work / "complete.json").write_text(json.dumps({"train_tokens": train_tokens, "atlas_texts": atlas_texts, "layer": DEFAULT_LAYER}))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(work, root)
+    except OSError:  # another process finished first: keep its build
+        shutil.rmtree(work, ignore_errors=True)
+        if not (root / "complete.json").is_file():
+            raise
+    return str(dictionary), str(atlas)
+
+
 def browser_from_arguments(args: SpaceArguments) -> FeatureBrowser:
     """Load what `args` names (or build the default atlas when it names none)."""
     atlases, models = list(args.atlas), list(args.model)
     if not atlases:
-        from .space_default import default_inputs
-
         model_dir, atlas_dir = default_inputs(args.cache_dir)
         atlases, models = [atlas_dir], [model_dir]
     return FeatureBrowser.from_paths(atlases, models, language_model=args.lm, names=args.name, max_tokens=args.max_tokens)

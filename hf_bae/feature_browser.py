@@ -322,6 +322,8 @@ def check_compatible(atlas: Atlas, dictionary: Dictionary) -> None:
         problems.append(f"the atlas's feature ids run outside 0–{dictionary.num_features - 1}")
     for key, ours in (("base_model", c.base_model), ("layer", c.layer), ("site", c.site)):
         theirs = atlas.meta(key)
+        if key == "site" and theirs is not None:
+            theirs = str(theirs).rsplit(".", 1)[-1]  # "layers.6.resid_post" -> "resid_post"
         if theirs is not None and ours is not None and str(theirs) != str(ours):
             problems.append(f"the atlas was built at {key}={theirs!r}, the dictionary reads {key}={ours!r}")
     kind = atlas.meta("dictionary_type")

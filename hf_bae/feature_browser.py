@@ -531,7 +531,7 @@ class FeatureBrowser:
         d = self.dictionaries[atlas.name]
         base = atlas.meta("base_model") or (d.config.base_model if d else None)
         layer = atlas.meta("layer") if atlas.meta("layer") is not None else (d.config.layer if d else None)
-        site = atlas.meta("site") or (d.config.site if d else None)
+        site = str(atlas.meta("site") or (d.config.site if d else "")).rsplit(".", 1)[-1]
         parts = [f"{len(atlas):,} features", f"atlas {atlas.source}"]
         if d is not None:
             parts.append(f"dictionary {d.source} ({d.kind})")

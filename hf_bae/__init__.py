@@ -1,12 +1,14 @@
 """hf_bae: Binary Autoencoders and sparse-dictionary baselines as Hugging Face models.
 
 `import hf_bae` registers the dictionaries with `AutoConfig` / `AutoModel`, so that
-`AutoModel.from_pretrained(path_or_repo)` returns a `BinaryAutoencoder` or `SparseAutoencoder`.
+`AutoModel.from_pretrained(path_or_repo)` returns a `BinaryAutoencoder` or `SparseAutoencoder`;
+`hf_bae.load_all(repo)` loads every dictionary of a repo.
 """
 
 from transformers import AutoConfig, AutoModel
 
 from .configuration import BAEConfig, DictionaryConfig, SAEConfig
+from .hub import list_dictionaries, load_all, push_run
 from .modeling_bae import BAEOutput, BinaryAutoencoder
 from .modeling_sae import SAEOutput, SparseAutoencoder
 from .version import __version__
@@ -25,4 +27,7 @@ __all__ = [
     "SAEOutput",
     "SparseAutoencoder",
     "__version__",
+    "list_dictionaries",
+    "load_all",
+    "push_run",
 ]

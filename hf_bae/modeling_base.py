@@ -1,6 +1,8 @@
 """What the BAE and the SAEs share: the `PreTrainedModel` base, weight init and input checks."""
 
+import importlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,3 +63,25 @@ class DictionaryPreTrainedModel(PreTrainedModel):
                 "(fp16 overflows on some layers: use bf16 or fp32) or filter those tokens."
             )
         return tensor.to(self.encoder.weight.dtype)
+
+    def push_to_hub(self, repo_id: str, *, subfolder: str | None = None, eval_results: dict[str, Any] | None = None,
+                    commit_message: str | None = None, commit_description: str | None = None, private: bool | None = None,
+                    token: bool | str | None = None, revision: str | None = None, create_pr: bool = False,
+                    tags: list[str] | None = None, **kwargs: Any):
+        """Upload this dictionary to the Hub with a model card (metadata, usage, provenance, metrics, citation).
+
+        Extends `PreTrainedModel.push_to_hub` (same arguments) with `subfolder`, to keep several
+        hookpoints in one repo, and `eval_results`, the metrics shown on the card. Other keyword
+        arguments are `hf_bae.hub.PushOptions` fields (`license`, `saelens`, ...). Like transformers,
+        it replaces what is already at that place. Returns an `hf_bae.hub.PushResult`.
+        """
+        try:
+            # A string import: transformers copies relative imports of this file into saved folders,
+            # and hf_bae.hub is not part of the remote code.
+            hub = importlib.import_module("hf_bae.hub")
+        except ImportError:  # loaded with trust_remote_code where hf_bae is not installed
+            return super().push_to_hub(repo_id, commit_message=commit_message, commit_description=commit_description,
+                                       private=private, token=token, revision=revision, create_pr=create_pr, tags=tags, **kwargs)
+        return hub.push_dictionary(self, repo_id, subfolder=subfolder, eval_results=eval_results, token=token,
+                                   commit_message=commit_message, commit_description=commit_description, private=private,
+                                   revision=revision, create_pr=create_pr, tags=tags, **kwargs)

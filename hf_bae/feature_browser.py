@@ -263,14 +263,23 @@ class Dictionary:
 
     @classmethod
     def load(cls, path_or_repo: str | os.PathLike, revision: str | None = None) -> Dictionary:
+        """Load a BAE / SAE from a folder, a Hub repo id, or "namespace/name/subfolder" (a repo holding several)."""
         from transformers import AutoModel
 
         from . import BinaryAutoencoder, SparseAutoencoder  # noqa: F401  (registers the Auto classes)
 
         source = str(path_or_repo)
-        if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
+        where: dict[str, Any] = {}
+        if Path(source).expanduser().exists():
+            target = str(Path(source).expanduser())
+        elif source.startswith((".", "/", "~")):
             raise ValueError(f"Dictionary folder {source} does not exist.")
-        model = AutoModel.from_pretrained(source, revision=revision)
+        else:  # a Hub id, "namespace/name", or a dictionary in a subfolder of a repo, "namespace/name/subfolder"
+            parts = source.split("/")
+            target = "/".join(parts[:2])
+            if len(parts) > 2:
+                where["subfolder"] = "/".join(parts[2:])
+        model = AutoModel.from_pretrained(target, revision=revision, **where)
         if not hasattr(model, "encode") or not hasattr(model.config, "num_latents"):
             raise ValueError(f"{source} holds a {type(model).__name__}, not an hf_bae dictionary (BAE or SAE).")
         return cls(model, source)

@@ -306,3 +306,46 @@ def test_space_app_starts_from_environment_variables(world):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# -- from the Hub ---------------------------------------------------------------------------------
+HUB_CLIENT = """
+import json, sys
+import datasets
+from huggingface_hub import HfApi
+from transformers import AutoModel
+import hf_bae
+from hf_bae.feature_browser import FeatureBrowser
+
+bae_dir, atlas_dir, out = sys.argv[1:4]
+AutoModel.from_pretrained(bae_dir).push_to_hub("tester/dictionaries", subfolder="layers.0.resid_post")
+datasets.load_from_disk(atlas_dir).push_to_hub("tester/bae-atlas")
+HfApi().upload_file(path_or_fileobj=f"{atlas_dir}/atlas.json", path_in_repo="atlas.json", repo_id="tester/bae-atlas", repo_type="dataset")
+
+browser = FeatureBrowser.from_paths(["tester/bae-atlas"], ["tester/dictionaries/layers.0.resid_post"])
+page = browser.feature(None, int(sys.argv[4]))
+rows, total = browser.table(None, query="cats")
+json.dump({"names": browser.names, "summary": browser.summary(browser.names[0]), "header": page.header_html,
+           "neighbours": page.neighbours, "rows": rows}, open(out, "w"))
+"""
+
+
+def test_atlas_and_dictionary_from_the_hub(world, browser, tmp_path):
+    """A Hub dataset atlas (+ atlas.json) and a dictionary in a subfolder of a model repo, through the
+    loopback fake Hub, browse the same as the local folders."""
+    from fake_hub import FakeHub
+
+    a = world["explained"][0]
+    r = world["root"]
+    with FakeHub() as hub:
+        env = hub.env(tmp_path / "home")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
+        out = subprocess.run([sys.executable, "-c", HUB_CLIENT, str(r / "bae"), str(r / "bae-atlas-explained"), str(tmp_path / "out.json"), str(a)],
+                             env=env, capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    got = json.loads((tmp_path / "out.json").read_text())
+    local = browser.feature("BAE", a)
+    assert got["names"] == ["BAE"] and got["summary"]["features"] == 64
+    assert got["header"] == local.header_html
+    assert got["neighbours"] == [list(n) for n in local.neighbours]
+    assert got["rows"] == [list(x) for x in browser.table("BAE", query="cats")[0]]

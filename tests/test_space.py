@@ -268,14 +268,12 @@ def test_app_over_gradio_client(browser, world):
 
 # -- the Space folder -----------------------------------------------------------------------------
 def test_space_folder_is_a_gradio_space():
-    readme = (REPO / "spaces_app" / "README.md").read_text()
-    header = readme.split("---")[1]
-    fields = dict(line.split(":", 1) for line in header.strip().splitlines() if ":" in line)
-    fields = {k.strip(): v.strip().strip('"') for k, v in fields.items()}
     import gradio
+    from huggingface_hub import SpaceCard
 
-    assert fields["sdk"] == "gradio" and fields["app_file"] == "app.py"
-    assert fields["sdk_version"] == gradio.__version__
+    card = SpaceCard.load(REPO / "spaces_app" / "README.md")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
+    assert card.data.sdk_version == gradio.__version__  # the version the tests ran with
     requirements = [line for line in (REPO / "spaces_app" / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert any(line.startswith("hf_bae") for line in requirements)
     assert not any(line.startswith("gradio") for line in requirements)  # sdk_version pins gradio

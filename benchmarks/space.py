@@ -10,7 +10,8 @@ times, in one run:
   atlas with `Dataset.to_pandas()` and filters/sorts it, and a feature page found with
   `Dataset.filter(feature == j)`;
 
-and prints a table with the ratios. Usage: `python benchmarks/space.py [--sizes 10000 100000]`.
+and prints a table with the ratios; then the same clicks as HTTP round trips through the running
+app (gradio_client), on the first size. Usage: `python benchmarks/space.py [--sizes 10000 100000]`.
 """
 
 import argparse
@@ -82,6 +83,28 @@ def run(num_features: int, root: Path, hidden_size: int = 576) -> list[tuple[str
     return rows
 
 
+def over_http(num_features: int, root: Path) -> list[tuple[str, float]]:
+    """Round trips through the running app with gradio_client (what a user's click costs, end to end)."""
+    from gradio_client import Client
+
+    from space_fixtures import serve
+
+    atlas = Atlas.load(root / f"atlas-{num_features}")
+    model = BinaryAutoencoder(BAEConfig(hidden_size=576, latent_size=num_features))
+    demo, url = serve(FeatureBrowser([atlas], [Dictionary(model)]))
+    try:
+        client = Client(url, verbose=False)
+        name = atlas.name
+        features = iter(range(3, num_features, max(1, num_features // 50)))
+        return [
+            ("HTTP: table query", timed(lambda: client.predict(name, "budget", "comsem_score", True, False, 1, api_name="/table"))),
+            ("HTTP: feature page, cold", timed(lambda: client.predict(name, next(features), api_name="/feature"))),
+            ("HTTP: feature page, cached", timed(lambda: client.predict(name, 8, api_name="/feature"))),
+        ]
+    finally:
+        demo.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -93,6 +116,8 @@ def main() -> None:
             for name, ours, naive in run(n, Path(tmp)):
                 ratio = f"{naive / ours:,.0f}x" if naive else ""
                 print(f"| {n:,} | {name} | {ours:.2f} | {'' if naive is None else f'{naive:,.0f}'} | {ratio} |")
+        for name, ours in over_http(args.sizes[0], Path(tmp)):
+            print(f"| {args.sizes[0]:,} | {name} | {ours:.1f} | | |")
 
 
 if __name__ == "__main__":

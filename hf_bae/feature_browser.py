@@ -338,6 +338,16 @@ def check_compatible(atlas: Atlas, dictionary: Dictionary) -> None:
     kind = atlas.meta("dictionary_type")
     if kind is not None and (str(kind) == "BAE") != dictionary.binary:
         problems.append(f"the atlas was built from a {kind} dictionary, this one is a {dictionary.kind}")
+    recorded = atlas.meta("dictionary_fingerprint")
+    if recorded and not problems:
+        try:
+            from .interpret.atlas import dictionary_fingerprint
+        except ImportError:  # hf_bae.interpret not merged yet: the checks above stand alone
+            dictionary_fingerprint = None
+        # Same sizes and provenance are not enough: another training run of the same shape has
+        # other features. The atlas records a hash of the config and weights it was built from.
+        if dictionary_fingerprint is not None and dictionary_fingerprint(dictionary.model) != recorded:
+            problems.append(f"the atlas was built from another dictionary of the same shape (weights fingerprint {str(recorded)[:12]}…)")
     if problems:
         raise ValueError(
             f"The atlas {atlas.source} does not belong to the dictionary {dictionary.source}: "

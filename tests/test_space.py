@@ -5,6 +5,7 @@ import html
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -179,6 +180,21 @@ def test_model_atlas_mismatch_is_refused(world, tmp_path):
 
     code = main(["space", "--atlas", str(r / "sae-atlas"), "--model", str(r / "bae")])
     assert code == 2
+
+
+def test_an_atlas_of_another_dictionary_of_the_same_shape_is_refused(world, tmp_path):
+    pytest.importorskip("hf_bae.interpret.atlas")  # the weights fingerprint of the atlas builder (issue 6)
+    from hf_bae.interpret.atlas import dictionary_fingerprint
+
+    shutil.copytree(world["root"] / "bae-atlas-explained", tmp_path / "atlas")
+    info = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
+    (tmp_path / "atlas" / "atlas.json").write_text(json.dumps({**info, "dictionary_fingerprint": dictionary_fingerprint(world["bae"])}))
+    FeatureBrowser.from_paths([str(tmp_path / "atlas")], [str(world["root"] / "bae")])  # the right one loads
+    retrained = Dictionary(tiny_dictionary(tmp_path / "other", world["root"] / "lm"))
+    with torch.no_grad():
+        retrained.model.decoder.weight.mul_(1.01)
+    with pytest.raises(ValueError, match="another dictionary of the same shape"):
+        check_compatible(Atlas.load(tmp_path / "atlas"), retrained)
 
 
 def test_cli_reports_bad_paths(tmp_path, capsys):

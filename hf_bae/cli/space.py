@@ -1,0 +1,27 @@
+"""`hf-bae space`: launch the Gradio feature browser on a dictionary and its atlas.
+
+    hf-bae space --model runs/bae --atlas runs/bae-atlas
+    hf-bae space --model runs/bae runs/topk --atlas runs/bae-atlas runs/topk-atlas   # side by side
+    hf-bae space                      # a small default atlas of the embedded model (built once)
+
+Every flag can also come from an environment variable HF_BAE_<FLAG> (HF_BAE_ATLAS=dir1,dir2), which
+is how the Space in spaces_app/ is configured.
+"""
+
+import sys
+from collections.abc import Sequence
+
+from ..arguments import parse
+from ..space import SpaceArguments, apply_environment, browser_from_arguments, launch
+
+
+def main(argv: Sequence[str] | None = None, **launch_kwargs) -> int:
+    try:
+        (args,) = parse([SpaceArguments], argv, prog="hf-bae space", description=__doc__.split("\n\n")[0])
+        args = apply_environment(args)
+        browser = browser_from_arguments(args)
+    except ValueError as err:
+        print(f"hf-bae space: {err}", file=sys.stderr)
+        return 2
+    launch(browser, host=args.host, port=args.port, share=args.share, **launch_kwargs)
+    return 0

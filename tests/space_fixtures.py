@@ -1,0 +1,186 @@
+"""Fixtures of the feature-browser tests: a tiny LM with a real tokenizer, a dictionary on it, atlases
+in the `hf-bae atlas` schema (one built by running the LM + dictionary, one synthetic and large),
+and a helper that serves the app on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+TEXTS = [
+    "The cat sat on the mat and looked at the dog.",
+    "Dogs and cats are friends in the old house.",
+    "The president spoke to the congress about the budget.",
+    "Numbers like 12, 345 and 6789 appear in the report.",
+    "She walked to the market to buy bread and milk.",
+    "In 1790 the first address was given to the nation.",
+    "Rain fell on the city while the river rose slowly.",
+    "The committee will meet again on Monday morning.",
+]
+
+
+def tiny_language_model(path: Path, hidden_size: int = 32, num_layers: int = 2):
+    """A random Llama with a byte-level BPE tokenizer trained on TEXTS, saved to `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TEXTS * 4, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"),
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer
+
+
+def tiny_dictionary(path: Path, lm_path: Path, kind: str = "bae", hidden_size: int = 32, layer: int = 0):
+    """A random BAE (or TopK SAE) recorded as reading resid_post of `layer` of the LM at `lm_path`."""
+    from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
+
+    torch.manual_seed(1)
+    common = dict(hidden_size=hidden_size, expansion_factor=2, base_model=str(lm_path), layer=layer, site="resid_post")
+    model = BinaryAutoencoder(BAEConfig(**common)) if kind == "bae" else SparseAutoencoder(SAEConfig(activation="topk", k=4, **common))
+    model.save_pretrained(path)
+    return model
+
+
+def _sample(context: str, start: int, end: int, token_id: int, position: int, score: float) -> dict:
+    return dict(token=context[start:end], token_id=int(token_id), position=int(position), context=context, start=int(start), end=int(end), score=float(score))
+
+
+def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_feature: int = 8, explanations: dict | None = None,
+                info: dict | None = None) -> list[dict]:
+    """Run the LM + dictionary over TEXTS and write an atlas in the `hf-bae atlas` schema.
+
+    Samples of a feature are the tokens where it fires, strongest first (BAE: all firing tokens
+    score 1 - frequency; SAE: the latent). Returns the rows written."""
+    import datasets
+
+    from hf_bae.feature_browser import Dictionary
+
+    d = Dictionary(dictionary)
+    records = []  # (text, start, end, token_id, position, fired, value)
+    with torch.inference_mode():
+        for text in TEXTS:
+            enc = tokenizer(text, return_offsets_mapping=True)
+            ids = torch.tensor([enc["input_ids"]])
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0]
+            fired, value = d.activations(hidden)
+            for pos, (tid, (s, e)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+                if tid in tokenizer.all_special_ids:
+                    continue
+                records.append((text, s, e, tid, pos, fired[pos], value[pos]))
+    fired = torch.stack([r[5] for r in records])
+    value = torch.stack([r[6] for r in records])
+    freq = fired.float().mean(0)
+    rows = []
+    explanations = explanations or {}
+    for j in range(d.num_features):
+        idx = fired[:, j].nonzero().flatten().tolist()
+        score = (1 - freq[j]).item() if d.binary else None
+        idx.sort(key=lambda i: -(value[i, j].item() if score is None else score))
+        samples = [_sample(*records[i][:5], score if score is not None else value[i, j].item()) for i in idx[:per_feature]]
+        quiet = (~fired[:, j]).nonzero().flatten().tolist()[:2]
+        non_activating = [_sample(*records[i][:5], 0.0) for i in quiet]
+        expl, comsem, verdicts = explanations.get(j, (None, None, []))
+        rows.append(dict(
+            feature=j, frequency=float(freq[j]), is_dead=bool(freq[j] == 0), is_dense=bool(freq[j] > 0.1),
+            samples=samples, non_activating=non_activating, explanation=expl, comsem_score=comsem, verdicts=verdicts,
+        ))
+    features = atlas_features()
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(path))
+    meta = {"dictionary_type": "BAE" if d.binary else "SAE", "num_features": d.num_features, "base_model": dictionary.config.base_model,
+            "layer": layer, "site": "resid_post", "num_tokens": len(records), "dense_threshold": 0.1}
+    meta.update(info or {})
+    (Path(path) / "atlas.json").write_text(json.dumps(meta))
+    return rows
+
+
+def atlas_features():
+    import datasets
+
+    sample = {"token": datasets.Value("string"), "token_id": datasets.Value("int64"), "position": datasets.Value("int64"),
+              "context": datasets.Value("string"), "start": datasets.Value("int64"), "end": datasets.Value("int64"),
+              "score": datasets.Value("float64")}
+    verdict = {"sample_index": datasets.Value("int64"), "split": datasets.Value("string"), "answer": datasets.Value("string")}
+    return datasets.Features({
+        "feature": datasets.Value("int64"), "frequency": datasets.Value("float64"), "is_dead": datasets.Value("bool"),
+        "is_dense": datasets.Value("bool"), "samples": datasets.List(sample), "non_activating": datasets.List(sample),
+        "explanation": datasets.Value("string"), "comsem_score": datasets.Value("float64"), "verdicts": datasets.List(verdict),
+    })
+
+
+def synthetic_atlas(path: Path, num_features: int = 10_000, samples_per_feature: int = 10, seed: int = 0) -> None:
+    """A large atlas with random content, written column-wise through Arrow (seconds, not minutes)."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    n, k = num_features, samples_per_feature
+    freq = 10 ** rng.uniform(-5, -0.5, n)
+    freq[rng.random(n) < 0.05] = 0.0
+    words = np.array(["alpha", "beta", "gamma", "delta", "budget", "nation", "river", "cat", "<b>bold</b>", "&amp;"])
+    contexts = [f"sample {i} of the synthetic atlas with word {words[i % len(words)]} inside" for i in range(n * k)]
+    starts = np.array([c.index("word ") + 5 for c in contexts])
+    ends = np.array([s + len(str(words[i % len(words)])) for i, s in enumerate(starts)])
+    sample_struct = pa.StructArray.from_arrays(
+        [pa.array([str(words[i % len(words)]) for i in range(n * k)]), pa.array(rng.integers(0, 50_000, n * k)),
+         pa.array(rng.integers(0, 128, n * k)), pa.array(contexts), pa.array(starts), pa.array(ends), pa.array(rng.random(n * k))],
+        names=["token", "token_id", "position", "context", "start", "end", "score"],
+    )
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    samples = pa.ListArray.from_arrays(offsets, sample_struct)
+    empty = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), sample_struct.slice(0, 0))
+    verdict_struct = pa.StructArray.from_arrays(
+        [pa.array(np.tile(np.arange(5), n)), pa.array(["positive"] * (5 * n)), pa.array(rng.choice(["yes", "no"], 5 * n))],
+        names=["sample_index", "split", "answer"],
+    )
+    verdicts = pa.ListArray.from_arrays(pa.array(np.arange(0, 5 * n + 1, 5, dtype=np.int32)), verdict_struct)
+    score = rng.random(n)
+    explained = rng.random(n) < 0.9
+    table = pa.table({
+        "feature": pa.array(np.arange(n)), "frequency": pa.array(freq), "is_dead": pa.array(freq == 0), "is_dense": pa.array(freq > 0.1),
+        "samples": samples, "non_activating": empty,
+        "explanation": pa.array([f"feature {j} explanation about {words[j % len(words)]}" if e else None for j, e in enumerate(explained)]),
+        "comsem_score": pa.array(np.where(explained, score, np.nan), from_pandas=True), "verdicts": verdicts,
+    })
+    ds = datasets.Dataset(table).cast(atlas_features())
+    ds.save_to_disk(str(path))
+    (Path(path) / "atlas.json").write_text(json.dumps({"dictionary_type": "BAE", "num_features": n, "num_tokens": 1_000_000, "dense_threshold": 0.1}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(browser):
+    """Launch the app on 127.0.0.1 (in this process, non-blocking); returns (demo, url)."""
+    from hf_bae.space import launch
+
+    port = free_port()
+    demo = launch(browser, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return demo, url
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the app did not start on {url}")

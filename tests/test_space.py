@@ -183,7 +183,6 @@ def test_model_atlas_mismatch_is_refused(world, tmp_path):
 
 
 def test_an_atlas_of_another_dictionary_of_the_same_shape_is_refused(world, tmp_path):
-    pytest.importorskip("hf_bae.interpret.atlas")  # the weights fingerprint of the atlas builder (issue 6)
     from hf_bae.interpret.atlas import dictionary_fingerprint
 
     shutil.copytree(world["root"] / "bae-atlas-explained", tmp_path / "atlas")

@@ -14,9 +14,14 @@ from test_space import EVIL, browser, world  # noqa: F401  (module fixtures)
 CHROMIUM = os.environ.get("HF_BAE_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}: scripts/test.sh installs Debian's `chromium`", allow_module_level=True)
+from playwright import sync_api  # the test extra; never `playwright install` (it downloads a browser)
+
+
+@pytest.fixture(autouse=True)
+def _chromium_is_installed():
+    # A missing browser is a broken install, not a reason to skip: scripts/test.sh installs it.
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/install_chromium.sh (Debian's `chromium`) or set HF_BAE_CHROMIUM.")
 
 
 def test_click_a_feature_and_try_text_in_chromium(browser: FeatureBrowser, world, tmp_path):  # noqa: F811

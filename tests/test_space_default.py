@@ -4,10 +4,6 @@ model and corpus, offline, with the library, and then starts from that cache."""
 import pytest
 import torch
 
-# The default is built with the training loop and the atlas builder (issues 4 and 6).
-pytest.importorskip("hf_bae.training")
-pytest.importorskip("hf_bae.interpret.atlas")
-
 from hf_bae.feature_browser import FeatureBrowser
 from hf_bae.space import SpaceArguments, browser_from_arguments, default_inputs
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "interpret": ("interpret", "ComSem: explain features with an LLM, judge the explanations, score them."),
     "push": ("push", "Upload a trained run to the Hugging Face Hub with a generated model card."),
     "export-saelens": ("export_saelens", "Export a ReLU / TopK / JumpReLU dictionary to the SAELens folder format."),
+    "import-original": ("import_original", "Import a model trained by the original research code (model .pt + its parameters)."),
     "space": ("space", "Launch the Gradio feature browser on a dictionary and its atlas."),
 }
 

@@ -225,8 +225,6 @@ def _report_row(label: dict[str, Any], report) -> dict[str, Any]:
 def _train_baes(sources: dict[str, str], dictionaries_dir: Path, lm, tokenizer, args, est, train, dictionary, bae_args,
                 tensors: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one BAE per entry of `sources` (name → site key) with hf_bae.training.Trainer; returns name → BAE."""
-    import itertools
-
     from ..activations import model_name_of, model_revision_of, token_filter_description
     from ..configuration import BAEConfig
     from ..modeling_bae import BinaryAutoencoder
@@ -259,7 +257,6 @@ def _train_baes(sources: dict[str, str], dictionaries_dir: Path, lm, tokenizer, 
                             save_total_limit=1, plots=False, progress=est.progress, log_every=max(1, train.train_steps // 10),
                             cpu=(args.device == "cpu"))
     Trainer(run, dictionaries, source, inputs=inputs).train()
-    del itertools
     return {name: _load_bae(str(dictionaries_dir / name)) for name in sources}
 
 
@@ -333,8 +330,8 @@ def _layers(source, est, train, dictionary, bae_args, specific) -> int:
         by_site[site] = bae
     by_site = dict(sorted(by_site.items(), key=lambda kv: (kv[1].config.layer, kv[0])))
     start = time.perf_counter()
-    skip = 0 if not train.train else 0  # evaluation texts are the held-out first ones
-    texts = _texts(source, skip, train.eval_texts if train.train else None)
+    # With --train the BAEs trained on the texts after the first --eval_texts: evaluate on those held out.
+    texts = _texts(source, 0, train.eval_texts if train.train else None)
     reports = layer_entropy(lm, tok, texts, by_site, num_tokens=source.num_tokens, context_length=source.context_length,
                             batch_size=source.lm_batch_size, num_bootstrap=est.num_bootstrap, seed=est.seed,
                             confidence=est.confidence, min_samples=est.min_samples, progress=est.progress)

@@ -206,11 +206,19 @@ def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[ICLPrompt], site: 
             captured["h"] = h[rows, last.to(device)].float().cpu()
             return h
 
+        # Only the positions that predict label tokens need the LM head (a 49k-word head costs more
+        # than the whole body of a small model): ask for those logits alone where the model allows it.
+        needed = sorted({i for a, b in encoded for i in range(len(a) - 1, len(a) - 1 + len(b))})
+        column = {position: j for j, position in enumerate(needed)}
         with replace_site(model, site, read):
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            try:
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False,
+                               logits_to_keep=torch.tensor(needed, device=device)).logits
+            except TypeError:  # a model without logits_to_keep
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, needed]
         predicted = logits.argmax(-1).cpu()
         for row, (a, b) in enumerate(encoded):
-            guess = predicted[row, len(a) - 1:len(a) - 1 + len(b)]
+            guess = predicted[row, [column[i] for i in range(len(a) - 1, len(a) - 1 + len(b))]]
             correct.append(bool(torch.equal(guess, torch.tensor(b))))
         hidden.append(captured["h"])
     return torch.cat(hidden), torch.tensor(correct)

@@ -187,7 +187,7 @@ class BAEConfig(DictionaryConfig):
         "auto",
         "How the covariance penalty is computed (same value and gradient): dense (blocks of D^T D, O(batch * m^2) "
         "time), sparse (the sparse part of D^T D plus rank-one terms, D = codes - round(batch mean); cost follows "
-        "the deviations' density), or auto (sparse when at most 1% of D is nonzero, else dense).",
+        "the deviations' density), or auto (sparse when at most 1 percent of D is nonzero, else dense).",
         choices=COVARIANCE_IMPLEMENTATIONS,
     )
 

@@ -21,6 +21,7 @@ from .version import __version__
 SITES = ("resid_post", "mlp_in", "mlp_out")
 OUTPUT_ACTIVATIONS = ("none", "relu", "sigmoid", "tanh")
 ESTIMATORS = ("legacy_sign_s", "identity", "sigmoid", "squarewave")
+COVARIANCE_IMPLEMENTATIONS = ("auto", "dense", "sparse")  # as hf_bae.losses (the config does not import torch code)
 # The original code's `--binarization_type` values, mapped onto our estimator names.
 LEGACY_BINARIZATION_NAMES = {"sign": "identity", "sign_s": "legacy_sign_s", "squarewave": "squarewave"}
 BITS = (1, 2, 4, 8)
@@ -182,6 +183,13 @@ class BAEConfig(DictionaryConfig):
     covariance_chunk_size: int = _field(
         1024, "Columns per chunk of the covariance penalty: peak memory is O(chunk * m), never O(m^2)."
     )
+    covariance_implementation: str = _field(
+        "auto",
+        "How the covariance penalty is computed (same value and gradient): dense (blocks of D^T D, O(batch * m^2) "
+        "time), sparse (the sparse part of D^T D plus rank-one terms, D = codes - round(batch mean); cost follows "
+        "the deviations' density), or auto (sparse when at most 1 percent of D is nonzero, else dense).",
+        choices=COVARIANCE_IMPLEMENTATIONS,
+    )
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.estimator = LEGACY_BINARIZATION_NAMES.get(self.estimator, self.estimator)
@@ -203,6 +211,7 @@ class BAEConfig(DictionaryConfig):
         for name in ("entropy_weight", "covariance_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        _check_choice("covariance_implementation", self.covariance_implementation, COVARIANCE_IMPLEMENTATIONS)
         if self.covariance_chunk_size < 1:
             raise ValueError(f"covariance_chunk_size must be >= 1, got {self.covariance_chunk_size}.")
 

@@ -117,7 +117,9 @@ class BinaryAutoencoder(DictionaryPreTrainedModel):
         covariance_weight = c.covariance_weight if covariance_weight is None else covariance_weight
         loss = output.reconstruction_loss + entropy_weight * output.entropy_loss
         if covariance_weight > 0:
-            output.covariance_loss = covariance_penalty(flat_codes, c.covariance_chunk_size)
+            # Γ's codes are 0/1 whatever the estimator, so the exact binary paths apply (no check needed).
+            output.covariance_loss = covariance_penalty(flat_codes, c.covariance_chunk_size,
+                                                        c.covariance_implementation, binary=True)
             loss = loss + covariance_weight * output.covariance_loss
         output.loss = loss
         return output

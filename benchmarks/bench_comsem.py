@@ -113,7 +113,7 @@ def main() -> None:
     if args.local:
         batched, prefixed = bench_local(args.local)
         rows.append((f"{args.local} judge prompts, SmolLM2-135M local", "batches of 8", batched, prefixed))
-    print(f"| task | baseline | baseline s | ours s | speed-up |\n|---|---|---|---|---|")
+    print("| task | baseline | baseline s | ours s | speed-up |\n|---|---|---|---|---|")
     for task, base, b, o in rows:
         print(f"| {task} | {base} | {b:.3f} | {o:.3f} | {b / o:.1f}x |")
 

@@ -111,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"| features | operation | ours (ms) | naive (ms) | naive / ours |\n|---:|---|---:|---:|---:|")
+        print("| features | operation | ours (ms) | naive (ms) | naive / ours |\n|---:|---|---:|---:|---:|")
         for n in args.sizes:
             for name, ours, naive in run(n, Path(tmp)):
                 ratio = f"{naive / ours:,.0f}x" if naive else ""

@@ -29,7 +29,11 @@ SAE_ACTIVATIONS = ("relu", "topk", "jumprelu", "legacy_topk", "none", "sigmoid",
 L1_REDUCTIONS = ("sum", "mean")
 
 
-def _field(default: Any, help: str, **metadata: Any) -> Any:
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field that documents itself: `help` (and `choices`, `aliases`) become its command-line
+    flag's help text, choices and extra names (see `hf_bae.arguments`). A list default is copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
     return field(default=default, metadata={"help": help, **metadata})
 
 
@@ -47,39 +51,39 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 class DictionaryConfig(PretrainedConfig):
     """Fields shared by every dictionary: sizes, biases, and the provenance of the activations."""
 
-    hidden_size: int = _field(768, "Width d of the hidden states the dictionary reads (the LM's hidden size).")
-    latent_size: int | None = _field(
+    hidden_size: int = option(768, "Width d of the hidden states the dictionary reads (the LM's hidden size).")
+    latent_size: int | None = option(
         None, "Number of features m. If unset, m = expansion_factor * hidden_size."
     )
-    expansion_factor: int = _field(
+    expansion_factor: int = option(
         4, "m = expansion_factor * d when latent_size is unset.", aliases=["--inner_expand_rate"]
     )
-    output_size: int | None = _field(
+    output_size: int | None = option(
         None, "Width of the reconstructed vector; defaults to hidden_size (differs only for a transcoder between sites of different width)."
     )
-    encoder_bias: bool = _field(True, "Bias in the encoder Linear (the original code always has one; the paper's formula has none).")
-    decoder_bias: bool = _field(
+    encoder_bias: bool = option(True, "Bias in the encoder Linear (the original code always has one; the paper's formula has none).")
+    decoder_bias: bool = option(
         True, "Bias b in the decoder Linear (the original's --bias flag, used by all its published commands).", aliases=["--bias"]
     )
-    output_activation: str = _field(
+    output_activation: str = option(
         "none", "Activation applied to the reconstruction: none, relu, sigmoid or tanh.", choices=OUTPUT_ACTIVATIONS
     )
     # Provenance: where the training activations came from.
-    base_model: str | None = _field(None, "Hub id or path of the language model whose hidden states are encoded.")
-    base_model_revision: str | None = _field(None, "Revision (commit or branch) of base_model.")
-    layer: int | None = _field(None, "Decoder layer index L (0-based) of the hooked site.")
-    site: str = _field(
+    base_model: str | None = option(None, "Hub id or path of the language model whose hidden states are encoded.")
+    base_model_revision: str | None = option(None, "Revision (commit or branch) of base_model.")
+    layer: int | None = option(None, "Decoder layer index L (0-based) of the hooked site.")
+    site: str = option(
         "resid_post",
         "Hooked site: resid_post (output of layer L = hidden_states[L+1]), mlp_in (input of layer L's MLP, after its norm) or mlp_out.",
         choices=SITES,
     )
-    output_site: str | None = _field(
+    output_site: str | None = option(
         None, "Transcoder only: the site the dictionary reconstructs (e.g. mlp_out) when it reads `site` (e.g. mlp_in)."
     )
-    dataset: str | None = _field(None, "Dataset the training activations were taken from.")
-    context_length: int | None = _field(None, "Token length of the packed rows the activations were taken from.")
-    token_filter: str | None = _field(None, "Which tokens were left out of training (e.g. 'special,outliers>10xmedian').")
-    hf_bae_version: str = _field(__version__, "hf_bae version that wrote this config.")
+    dataset: str | None = option(None, "Dataset the training activations were taken from.")
+    context_length: int | None = option(None, "Token length of the packed rows the activations were taken from.")
+    token_filter: str | None = option(None, "Which tokens were left out of training (e.g. 'special,outliers>10xmedian').")
+    hf_bae_version: str = option(__version__, "hf_bae version that wrote this config.")
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -160,30 +164,30 @@ class BAEConfig(DictionaryConfig):
 
     model_type = "binary_autoencoder"
 
-    bits: int = _field(
+    bits: int = option(
         1,
         "Bits per feature (1, 2, 4 or 8). With k > 1 bits, feature j decodes from sum_i 2^i b_ji / (2^k - 1), least significant bit first.",
         choices=BITS,
     )
-    estimator: str = _field(
+    estimator: str = option(
         "legacy_sign_s",
         "Gradient estimator of the step function: legacy_sign_s (original code, g*(1-g); default, used by the published results), "
         "identity (straight-through), sigmoid (derivative of sigmoid(x/T)), squarewave (periodic step).",
         aliases=["--binarization_type"],
     )
-    estimator_temperature: float = _field(1.0, "Temperature T of the sigmoid estimator.")
-    squarewave_cycle: float = _field(2.0, "Period c of the squarewave binarization.", aliases=["--cycle_for_squarewave"])
-    entropy_weight: float = _field(1e-7, "Weight of the minibatch entropy term (bits, summed over codes).")
-    covariance_weight: float = _field(
+    estimator_temperature: float = option(1.0, "Temperature T of the sigmoid estimator.")
+    squarewave_cycle: float = option(2.0, "Period c of the squarewave binarization.", aliases=["--cycle_for_squarewave"])
+    entropy_weight: float = option(1e-7, "Weight of the minibatch entropy term (bits, summed over codes).")
+    covariance_weight: float = option(
         1e-7, "Weight of the covariance penalty sum_{i!=j} |Cov(h_i, h_j)|.", aliases=["--covarience_weight"]
     )
-    entropy_threshold: float = _field(
+    entropy_threshold: float = option(
         0.0, "The entropy term is switched off (0) while the batch entropy is below this many bits (0 keeps it always on)."
     )
-    covariance_chunk_size: int = _field(
+    covariance_chunk_size: int = option(
         1024, "Columns per chunk of the covariance penalty: peak memory is O(chunk * m), never O(m^2)."
     )
-    covariance_implementation: str = _field(
+    covariance_implementation: str = option(
         "auto",
         "How the covariance penalty is computed (same value and gradient): dense (blocks of D^T D, O(batch * m^2) "
         "time), sparse (the sparse part of D^T D plus rank-one terms, D = codes - round(batch mean); cost follows "
@@ -233,16 +237,16 @@ class SAEConfig(DictionaryConfig):
 
     model_type = "sparse_autoencoder"
 
-    activation: str = _field(
+    activation: str = option(
         "relu",
         "Latent activation: relu, topk, jumprelu, legacy_topk, none, sigmoid or tanh.",
         choices=SAE_ACTIVATIONS,
         aliases=["--inner_activation"],
     )
-    k: int = _field(10, "Number of active latents for topk / legacy_topk.", aliases=["--topk"])
-    jumprelu_threshold: float = _field(0.5, "Fixed threshold θ of the jumprelu activation.", aliases=["--theta"])
-    l1_weight: float = _field(0.0, "Weight of the L1 penalty on the latents.", aliases=["--l1_norm_weight"])
-    l1_reduction: str = _field(
+    k: int = option(10, "Number of active latents for topk / legacy_topk.", aliases=["--topk"])
+    jumprelu_threshold: float = option(0.5, "Fixed threshold θ of the jumprelu activation.", aliases=["--theta"])
+    l1_weight: float = option(0.0, "Weight of the L1 penalty on the latents.", aliases=["--l1_norm_weight"])
+    l1_reduction: str = option(
         "sum",
         "How the L1 penalty is reduced: sum (over tokens and latents, as the original code) or mean (over tokens, summed over latents).",
         choices=L1_REDUCTIONS,

@@ -31,11 +31,11 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .configuration import SITES
+from .configuration import SITES, option
 from .model_card import CardEntry, hookpoint, render_card
 from .version import __version__
 
@@ -51,8 +51,6 @@ TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-def _opt(default: Any, help: str, **metadata: Any) -> Any:
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
@@ -61,28 +59,28 @@ class PushOptions:
 
     _argument_group_name = "push options"  # (not a field: no annotation) the --help section title
 
-    private: bool = _opt(False, "Create the repo as private (ignored when it exists already; otherwise the namespace's default).")
-    revision: str | None = _opt(None, "Branch to commit to (default: main; created from main if missing).")
-    create_pr: bool = _opt(False, "Open a pull request instead of committing to the branch.")
-    commit_message: str | None = _opt(None, "Commit message (default: 'Upload N dictionaries with hf_bae VERSION').")
-    commit_description: str | None = _opt(None, "Longer description of the commit.")
-    license: str = _opt("mit", "License of the weights in the card metadata; choose one compatible with the base model's terms.")
-    tags: list[str] | None = _opt(None, "Extra tags for the card metadata.")
-    only: list[str] | None = _opt(None, "Push only these dictionaries of the run (names of RUN_DIR's subfolders, e.g. bae topk).")
-    layout: str = _opt(
+    private: bool = option(False, "Create the repo as private (ignored when it exists already; otherwise the namespace's default).")
+    revision: str | None = option(None, "Branch to commit to (default: main; created from main if missing).")
+    create_pr: bool = option(False, "Open a pull request instead of committing to the branch.")
+    commit_message: str | None = option(None, "Commit message (default: 'Upload N dictionaries with hf_bae VERSION').")
+    commit_description: str | None = option(None, "Longer description of the commit.")
+    license: str = option("mit", "License of the weights in the card metadata; choose one compatible with the base model's terms.")
+    tags: list[str] | None = option(None, "Extra tags for the card metadata.")
+    only: list[str] | None = option(None, "Push only these dictionaries of the run (names of RUN_DIR's subfolders, e.g. bae topk).")
+    layout: str = option(
         "auto",
         "root: the dictionary at the repo root (one dictionary only); subfolders: one subfolder per hookpoint; "
         "auto: root for one dictionary pushed to a repo without subfolders, subfolders otherwise.",
         choices=LAYOUTS,
     )
-    suffix: str | None = _opt(None, "Append '.SUFFIX' to the subfolder names (to keep another version of a hookpoint next to it).")
-    overwrite: bool = _opt(False, "Replace dictionaries that exist in the repo under the same name (their stale files are deleted).")
-    saelens: bool = _opt(False, "Also upload a SAELens copy of each ReLU / TopK / JumpReLU SAE under saelens/NAME/ (a BAE has none).")
-    atlas: str | None = _opt(None, "Folder of a feature atlas (datasets.Dataset.save_to_disk) to upload as a Hub dataset, linked from the card.")
-    atlas_repo: str | None = _opt(None, "Dataset repo of the feature atlas (default: REPO_ID-atlas); without --atlas, the card only links it.")
-    max_retries: int = _opt(3, "Attempts for a request that fails with a transient error (HTTP 408/429/5xx, dropped connection).")
-    retry_wait: float = _opt(2.0, "Seconds before the first retry; doubled before each further one.")
-    output_dir: str | None = _opt(
+    suffix: str | None = option(None, "Append '.SUFFIX' to the subfolder names (to keep another version of a hookpoint next to it).")
+    overwrite: bool = option(False, "Replace dictionaries that exist in the repo under the same name (their stale files are deleted).")
+    saelens: bool = option(False, "Also upload a SAELens copy of each ReLU / TopK / JumpReLU SAE under saelens/NAME/ (a BAE has none).")
+    atlas: str | None = option(None, "Folder of a feature atlas (datasets.Dataset.save_to_disk) to upload as a Hub dataset, linked from the card.")
+    atlas_repo: str | None = option(None, "Dataset repo of the feature atlas (default: REPO_ID-atlas); without --atlas, the card only links it.")
+    max_retries: int = option(3, "Attempts for a request that fails with a transient error (HTTP 408/429/5xx, dropped connection).")
+    retry_wait: float = option(2.0, "Seconds before the first retry; doubled before each further one.")
+    output_dir: str | None = option(
         None, "Write the folder that would be uploaded (card included) here and stop: a preview, with no network and no token."
     )
 

@@ -124,45 +124,51 @@ def _key_dtype(deviations: torch.Tensor) -> torch.dtype:
 
 
 class _DenseCovariance(torch.autograd.Function):
-    """Σ_{i≠j} |C_ij| of binary codes from their deviations, one [m, chunk] block of DᵀD at a time.
+    """Σ_{i≠j} |C_ij| of binary codes from their deviations, in [m, chunk] blocks of DᵀD, one triangle only.
 
     (b − 1)·C = DᵀD − t tᵀ / b, so b(b − 1)·C_ij = b·G_ij − t_i t_j with G = DᵀD: integers, computed
     exactly (D is {−1, 0, 1}, a float32 GEMM sums at most b ≤ 2^24 of them), so the sign of every
     C_ij — and with it the gradient 2·Xc·sign(C)/(b − 1) — is exact, ties C_ij = 0 included.
-    Only D is kept for the backward pass, which recomputes each block.
+
+    C is symmetric: each block of columns J only forms the rows i ≤ J (half of DᵀD), and the output is a
+    scalar, so the gradient is computed in the same pass, while each sign block is at hand (Xc·S from
+    the upper blocks and their transposes), and kept: [b, m], never m×m. That is 1.5 b·m² multiply-adds
+    in all, against 3 b·m² for a forward plus a recomputing backward.
     """
 
     @staticmethod
-    def forward(ctx, codes, chunk_size):
+    def forward(ctx, codes, chunk_size, with_grad):
         b, m = codes.shape
         deviations, t = code_deviations(codes)
         kd = _key_dtype(deviations)
         tk = t.to(kd)
+        centered = deviations - (t / b).to(deviations.dtype) if with_grad else None
+        grad = torch.zeros_like(deviations) if with_grad else None
         total = torch.zeros((), dtype=torch.float64, device=codes.device)
         for start in range(0, m, chunk_size):
             stop = min(start + chunk_size, m)
-            key = (deviations.T @ deviations[:, start:stop]).to(kd).mul_(b)
-            key.sub_(tk[:, None] * tk[None, start:stop]).abs_()
-            total += key.sum(dtype=torch.float64) - torch.diagonal(key[start:stop]).sum(dtype=torch.float64)
-        ctx.save_for_backward(deviations, t)
-        ctx.chunk_size = chunk_size
+            key = (deviations[:, :stop].T @ deviations[:, start:stop]).to(kd).mul_(b)
+            key.addr_(tk[:stop], tk[start:stop], alpha=-1)  # rows i < stop of b(b − 1)·C, columns J
+            sign = key.sign()
+            torch.diagonal(sign[start:stop]).zero_()
+            # Σ|C_ij| = Σ C_ij·sign(C_ij): a dot product, no |C| block; the rows above the diagonal block count twice.
+            total += 2 * torch.dot(key[:start].view(-1), sign[:start].view(-1)).to(torch.float64)
+            total += torch.dot(key[start:stop].view(-1), sign[start:stop].view(-1)).to(torch.float64)
+            del key
+            if with_grad:
+                sign = sign.to(deviations.dtype)
+                grad[:, start:stop] += centered[:, :stop] @ sign
+                if start:
+                    grad[:, :start] += centered[:, start:stop] @ sign[:start].T
+        if with_grad:
+            ctx.save_for_backward(grad)
         return (total / (b * (b - 1))).to(codes.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        deviations, t = ctx.saved_tensors
-        b, m = deviations.shape
-        kd = _key_dtype(deviations)
-        tk = t.to(kd)
-        centered = deviations - (t / b).to(deviations.dtype)
-        grad = torch.empty_like(deviations)
-        for start in range(0, m, ctx.chunk_size):
-            stop = min(start + ctx.chunk_size, m)
-            key = (deviations.T @ deviations[:, start:stop]).to(kd).mul_(b)
-            sign = key.sub_(tk[:, None] * tk[None, start:stop]).sign_().to(deviations.dtype)
-            torch.diagonal(sign[start:stop]).zero_()
-            grad[:, start:stop] = centered @ sign
-        return grad * (2 * grad_output / (b - 1)), None
+        (grad,) = ctx.saved_tensors
+        b = grad.shape[0]
+        return grad * (2 * grad_output / (b - 1)), None, None
 
 
 def _sparse_rows_times(deviations_csr: torch.Tensor, other_csr: torch.Tensor, out: torch.Tensor,
@@ -319,7 +325,7 @@ def covariance_penalty(codes: torch.Tensor, chunk_size: int = 1024, implementati
             implementation = "sparse" if sparse else "dense"
         if implementation == "sparse":
             return _SparseCovariance.apply(codes)
-        return _DenseCovariance.apply(codes, chunk_size)
+        return _DenseCovariance.apply(codes, chunk_size, torch.is_grad_enabled() and codes.requires_grad)
 
 
 def l1_penalty(latents: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

@@ -31,107 +31,104 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..arguments import parse
+from ..configuration import option
 from ._common import run_or_explain, setup_logging
 
 SUBCOMMANDS = ("estimate", "layers", "icl", "positions", "steer")
 
 
-def _f(default: Any, help: str, **metadata: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
 class SourceArguments:
     """Where the hidden states come from."""
 
-    model: str = _f("embedded", "Causal LM: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder. "
+    model: str = option("embedded", "Causal LM: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder. "
                     "Default with --bae/--bae_dir: the base model recorded in the BAE's config.")
-    revision: str | None = _f(None, "Hub revision of the model.")
-    dataset: str = _f("embedded", "Text: 'embedded' (State of the Union paragraphs, offline), a Hub dataset id, or a "
+    revision: str | None = option(None, "Hub revision of the model.")
+    dataset: str = option("embedded", "Text: 'embedded' (State of the Union paragraphs, offline), a Hub dataset id, or a "
                       "local .txt/.jsonl/.csv/.parquet file or folder.")
-    dataset_config: str | None = _f(None, "Configuration name of a Hub dataset.")
-    split: str = _f("train", "Dataset split.")
-    text_column: str = _f("text", "Column holding the text.")
-    context_length: int = _f(128, "Tokens per packed row.")
-    lm_batch_size: int = _f(8, "Rows (or prompts) per forward pass.")
-    num_tokens: int = _f(20_000, "Tokens evaluated (estimate, layers).")
-    model_dtype: str | None = _f(None, "dtype of the LM: float32 (CPU default), bfloat16, float16, auto.")
-    device: str | None = _f(None, "Device (default: cuda if available, else cpu).")
+    dataset_config: str | None = option(None, "Configuration name of a Hub dataset.")
+    split: str = option("train", "Dataset split.")
+    text_column: str = option("text", "Column holding the text.")
+    context_length: int = option(128, "Tokens per packed row.")
+    lm_batch_size: int = option(8, "Rows (or prompts) per forward pass.")
+    num_tokens: int = option(20_000, "Tokens evaluated (estimate, layers).")
+    model_dtype: str | None = option(None, "dtype of the LM: float32 (CPU default), bfloat16, float16, auto.")
+    device: str | None = option(None, "Device (default: cuda if available, else cpu).")
 
 
 @dataclass
 class EstimatorArguments:
     """The estimate and where it is written."""
 
-    output_dir: str = _f("runs/entropy", "Folder for the CSV / JSON / PNG outputs (created).")
-    num_bootstrap: int = _f(200, "Bootstrap replicates for the interval (0: none).")
-    confidence: float = _f(0.95, "Confidence level of the interval.")
-    min_samples: int = _f(256, "Warn when an estimate rests on fewer hidden states than this.")
-    seed: int = _f(0, "Seed of the bootstrap, of prompt sampling and of --train.")
-    progress: bool = _f(True, "Show progress bars (--no_progress hides them).")
+    output_dir: str = option("runs/entropy", "Folder for the CSV / JSON / PNG outputs (created).")
+    num_bootstrap: int = option(200, "Bootstrap replicates for the interval (0: none).")
+    confidence: float = option(0.95, "Confidence level of the interval.")
+    min_samples: int = option(256, "Warn when an estimate rests on fewer hidden states than this.")
+    seed: int = option(0, "Seed of the bootstrap, of prompt sampling and of --train.")
+    progress: bool = option(True, "Show progress bars (--no_progress hides them).")
 
 
 @dataclass
 class TrainOptions:
     """--train: fit the BAEs first (hf_bae.training's loop), on texts after the evaluated ones."""
 
-    train: bool = _f(False, "Train the BAEs instead of loading them; they are saved under OUTPUT_DIR/baes/.")
-    train_steps: int = _f(300, "Optimiser steps of each BAE.")
-    train_batch_size: int = _f(256, "Tokens per training batch.")
-    train_learning_rate: float = _f(1e-3, "Learning rate of --train.")
-    eval_texts: int = _f(200, "With --train: the first this many texts are held out for evaluation; training reads "
+    train: bool = option(False, "Train the BAEs instead of loading them; they are saved under OUTPUT_DIR/baes/.")
+    train_steps: int = option(300, "Optimiser steps of each BAE.")
+    train_batch_size: int = option(256, "Tokens per training batch.")
+    train_learning_rate: float = option(1e-3, "Learning rate of --train.")
+    eval_texts: int = option(200, "With --train: the first this many texts are held out for evaluation; training reads "
                          "the texts after them.")
 
 
 @dataclass
 class EstimateArguments:
-    bae: str | None = _f(None, "Folder of a trained BAE (save_pretrained); its config says the layer and site.")
+    bae: str | None = option(None, "Folder of a trained BAE (save_pretrained); its config says the layer and site.")
 
 
 @dataclass
 class LayersArguments:
-    bae_dir: str | None = _f(None, "Folder holding one BAE per layer (sub-folders with config.json), e.g. the "
+    bae_dir: str | None = option(None, "Folder holding one BAE per layer (sub-folders with config.json), e.g. the "
                              "baes/ folder a --train run writes, or a training run with several BAEs.")
-    layers: list[int] | None = _f(None, "With --train: the decoder layers (0-based) to train a BAE for.")
-    site: str = _f("resid_post", "With --train: the site of every layer (resid_post, mlp_in, mlp_out).")
+    layers: list[int] | None = option(None, "With --train: the decoder layers (0-based) to train a BAE for.")
+    site: str = option("resid_post", "With --train: the site of every layer (resid_post, mlp_in, mlp_out).")
 
 
 @dataclass
 class ICLArguments:
-    bae: str | None = _f(None, "Folder of a trained BAE for the site read (its config gives the layer).")
-    layer: int | None = _f(None, "With --train: the layer of the BAE to train.")
-    task: str = _f("antonyms", "Task: a JSONL file of {\"input\": ..., \"label\": ...} lines, or a shipped one: "
+    bae: str | None = option(None, "Folder of a trained BAE for the site read (its config gives the layer).")
+    layer: int | None = option(None, "With --train: the layer of the BAE to train.")
+    task: str = option("antonyms", "Task: a JSONL file of {\"input\": ..., \"label\": ...} lines, or a shipped one: "
                    "antonyms, country_capital, sentiment.")
-    max_shots: int = _f(4, "Largest number of demonstrations K (curve over k = 0..K).")
-    num_queries: int = _f(64, "Queries per k (the same queries for every k).")
+    max_shots: int = option(4, "Largest number of demonstrations K (curve over k = 0..K).")
+    num_queries: int = option(64, "Queries per k (the same queries for every k).")
 
 
 @dataclass
 class PositionsArguments:
-    bae_dir: str | None = _f(None, "Folder holding one BAE per position (sub-folders position_<t>), as --train writes.")
-    layer: int | None = _f(None, "Decoder layer read (default with --bae_dir: the BAEs' recorded layer).")
-    site: str = _f("resid_post", "Site of the layer.")
-    max_position: int = _f(32, "Positions 1..max_position-1 of each document (position 0 is BOS).")
-    position_step: int = _f(1, "Evaluate every this-many positions.")
-    num_rows: int = _f(512, "Documents (rows) read; with --train, half train the per-position BAEs, half evaluate.")
+    bae_dir: str | None = option(None, "Folder holding one BAE per position (sub-folders position_<t>), as --train writes.")
+    layer: int | None = option(None, "Decoder layer read (default with --bae_dir: the BAEs' recorded layer).")
+    site: str = option("resid_post", "Site of the layer.")
+    max_position: int = option(32, "Positions 1..max_position-1 of each document (position 0 is BOS).")
+    position_step: int = option(1, "Evaluate every this-many positions.")
+    num_rows: int = option(512, "Documents (rows) read; with --train, half train the per-position BAEs, half evaluate.")
 
 
 @dataclass
 class SteerArguments:
-    bae: str | None = _f(None, "Folder of a trained BAE; the vector is added at its site.")
-    layer: int | None = _f(None, "With --train: the layer of the BAE to train.")
-    task: str = _f("antonyms", "Task file or shipped name (see `icl`).")
-    shots: int = _f(4, "Demonstrations in the k-shot prompts.")
-    num_features: int = _f(20, "Features whose firing rate differs most between k-shot and 0-shot prompts.")
-    strength: float = _f(1.0, "Multiplier of both task vectors (the original script's default was 0.2).")
-    rescale: bool = _f(True, "Scale the BAE vector to the centroid difference's norm (--no_rescale: raw W_dec·s).")
+    bae: str | None = option(None, "Folder of a trained BAE; the vector is added at its site.")
+    layer: int | None = option(None, "With --train: the layer of the BAE to train.")
+    task: str = option("antonyms", "Task file or shipped name (see `icl`).")
+    shots: int = option(4, "Demonstrations in the k-shot prompts.")
+    num_features: int = option(20, "Features whose firing rate differs most between k-shot and 0-shot prompts.")
+    strength: float = option(1.0, "Multiplier of both task vectors (the original script's default was 0.2).")
+    rescale: bool = option(True, "Scale the BAE vector to the centroid difference's norm (--no_rescale: raw W_dec·s).")
 
 
 def _bae_training_classes():

@@ -13,53 +13,52 @@ Run the same command again after an interruption: it resumes after the last comp
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..arguments import parse
+from ..configuration import option
 
 _STORAGE = ("float32", "float16", "bfloat16")
 _COMPUTE = ("float32", "bfloat16", "float16", "auto")
 
 
-def _f(default, help, **metadata):
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
 class HarvestArguments:
-    output_dir: str | None = _f(None, "Folder of the cache (created). Running again with the same folder resumes an interrupted harvest.")
-    sites: list[str] | None = _f(
+    output_dir: str | None = option(None, "Folder of the cache (created). Running again with the same folder resumes an interrupted harvest.")
+    sites: list[str] | None = option(
         None,
         "Sites to harvest in one pass, e.g. layers.14.resid_post layers.14.mlp_in. resid_post of layer L is "
         "hidden_states[L+1] (the original code's --layer L+1); mlp_in is the MLP input after its norm; mlp_out the MLP output.",
     )
-    num_tokens: int = _f(1_000_000, "Tokens to store (special tokens and outliers are not counted: they are left out).")
-    model: str = _f("embedded", "Causal LM: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.")
-    revision: str | None = _f(None, "Hub revision of the model.")
-    dataset: str = _f(
+    num_tokens: int = option(1_000_000, "Tokens to store (special tokens and outliers are not counted: they are left out).")
+    model: str = option("embedded", "Causal LM: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.")
+    revision: str | None = option(None, "Hub revision of the model.")
+    dataset: str = option(
         "embedded",
         "Text: 'embedded' (State of the Union paragraphs, offline), a Hub dataset id, a local .txt/.jsonl/.csv/.parquet file or folder.",
     )
-    dataset_config: str | None = _f(None, "Configuration name of a Hub dataset.")
-    split: str = _f("train", "Dataset split.")
-    text_column: str = _f("text", "Column holding the text.")
-    max_texts: int | None = _f(None, "Read at most this many texts.")
-    context_length: int = _f(128, "Tokens per packed row (each row starts with BOS when the tokenizer has one).")
-    batch_size: int = _f(8, "Rows per forward pass.")
-    shard_tokens: int | None = _f(None, "Tokens per shard (default: shards of about 64 MiB).")
-    dtype: str = _f("float32", "Storage dtype of the cache (reading always gives float32).", choices=list(_STORAGE))
-    model_dtype: str | None = _f(
+    dataset_config: str | None = option(None, "Configuration name of a Hub dataset.")
+    split: str = option("train", "Dataset split.")
+    text_column: str = option("text", "Column holding the text.")
+    max_texts: int | None = option(None, "Read at most this many texts.")
+    context_length: int = option(128, "Tokens per packed row (each row starts with BOS when the tokenizer has one).")
+    batch_size: int = option(8, "Rows per forward pass.")
+    shard_tokens: int | None = option(None, "Tokens per shard (default: shards of about 64 MiB).")
+    dtype: str = option("float32", "Storage dtype of the cache (reading always gives float32).", choices=list(_STORAGE))
+    model_dtype: str | None = option(
         None, "Dtype of the language model: float32 (CPU default), bfloat16, float16, auto (accelerator default).", choices=list(_COMPUTE)
     )
-    device: str | None = _f(None, "Device of the forward pass (default: cuda if available, else cpu).")
-    exclude_special_tokens: bool = _f(True, "Leave out BOS/EOS/pad and other special tokens (--no_exclude_special_tokens keeps them).")
-    outlier_factor: float | None = _f(None, "Leave out tokens whose activation norm exceeds this many times the batch median.")
-    overwrite: bool = _f(False, "Delete an existing cache in output_dir first.")
-    resume: bool = _f(True, "Resume an interrupted harvest in output_dir (--no_resume: refuse to touch an existing cache).")
-    from_pickle: str | None = _f(None, "Instead of running a model: import the original code's .pkl feature set (see --allow_pickle).")
-    allow_pickle: bool = _f(False, "Allow unpickling --from_pickle. Unpickling runs code: only for files you trust.")
-    layer: int | None = _f(None, "With --from_pickle of a layered file (the original's --layered_feature --layer): the layer to import.")
-    model_name: str | None = _f(None, "With --from_pickle: the model the vectors came from (recorded in the manifest).")
+    device: str | None = option(None, "Device of the forward pass (default: cuda if available, else cpu).")
+    exclude_special_tokens: bool = option(True, "Leave out BOS/EOS/pad and other special tokens (--no_exclude_special_tokens keeps them).")
+    outlier_factor: float | None = option(None, "Leave out tokens whose activation norm exceeds this many times the batch median.")
+    overwrite: bool = option(False, "Delete an existing cache in output_dir first.")
+    resume: bool = option(True, "Resume an interrupted harvest in output_dir (--no_resume: refuse to touch an existing cache).")
+    from_pickle: str | None = option(None, "Instead of running a model: import the original code's .pkl feature set (see --allow_pickle).")
+    allow_pickle: bool = option(False, "Allow unpickling --from_pickle. Unpickling runs code: only for files you trust.")
+    layer: int | None = option(None, "With --from_pickle of a layered file (the original's --layered_feature --layer): the layer to import.")
+    model_name: str | None = option(None, "With --from_pickle: the model the vectors came from (recorded in the manifest).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..configuration import option
 from ..metrics import DEFAULT_DENSE_THRESHOLD, FeatureStats, features_fired
 from ..version import __version__
 
@@ -82,8 +83,6 @@ SELECTIONS = ("corpus", "top")
 DICTIONARY_TYPES = ("BAE", "SAE", "TRC", "random")
 
 
-def _field(default: Any, help: str, **metadata: Any) -> Any:
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
@@ -92,34 +91,34 @@ class AtlasConfig:
 
     _argument_group_name = 'Atlas options (sample selection)'  # its --help section
 
-    top_k: int = _field(10, "Each token joins the sample lists of its top_k features (the paper's quota).")
-    selection: str = _field(
+    top_k: int = option(10, "Each token joins the sample lists of its top_k features (the paper's quota).")
+    selection: str = option(
         "corpus",
         "Which samples a feature keeps: corpus (the first ones in corpus order, the paper's) or top (the highest-scoring ones).",
         choices=SELECTIONS,
     )
-    samples_per_feature: int = _field(
+    samples_per_feature: int = option(
         20, "Samples kept per feature (ComSem uses the first 5 to explain and the next 8 to test, so at least 13)."
     )
-    num_non_activating: int = _field(8, "Non-activating contexts kept per feature (beyond the paper: ComSem's specificity test).")
-    sae_rescale: bool = _field(
+    num_non_activating: int = option(8, "Non-activating contexts kept per feature (beyond the paper: ComSem's specificity test).")
+    sae_rescale: bool = option(
         False, "SAEs: z-score each latent over the corpus before ranking (the original's --SAE_rescale, the paper's 'rescaled ReLU').",
         aliases=["--SAE_rescale"],
     )
-    active_only: bool = _field(
+    active_only: bool = option(
         False,
         "Only let a token join features that fire on it. The paper's quota also hands tokens to features that are off "
         "(dense BAE features in their rare off state; SAE zeros when fewer than top_k latents fire).",
     )
-    max_context_tokens: int | None = _field(
+    max_context_tokens: int | None = option(
         None, "Cut each sample's context to this many tokens either side of the token (None = the whole document stretch of its row)."
     )
-    dense_threshold: float = _field(DEFAULT_DENSE_THRESHOLD, "A feature is dense when its firing frequency exceeds this.")
-    random_features: int | None = _field(
+    dense_threshold: float = option(DEFAULT_DENSE_THRESHOLD, "A feature is dense when its firing frequency exceeds this.")
+    random_features: int | None = option(
         None, "Width of the random baseline: None = that of the first trained dictionary of the run, else 4 x the model's hidden size (the original)."
     )
-    seed: int = _field(0, "Seed of the random baseline's scores and of the non-activating samples.")
-    cache_activations_gb: float = _field(
+    seed: int = option(0, "Seed of the random baseline's scores and of the non-activating samples.")
+    cache_activations_gb: float = option(
         2.0, "Activations kept in memory between the two passes (BAE, rescaled SAE); beyond it the texts are streamed twice."
     )
 

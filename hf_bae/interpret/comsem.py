@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..configuration import option
 from .llm import ChatRequest, LLMClient
 from .prompts import explain_prompt, judge_prompt
 
@@ -56,8 +57,6 @@ STATUS_NOT_SELECTED = "not_selected"  # outside --max_features
 STATUS_PENDING = "pending"  # the explainer call was not made (dry run, or --max_calls reached): a rerun makes it
 
 
-def _field(default: Any, help: str, **metadata: Any) -> Any:
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
@@ -66,25 +65,25 @@ class ComSemConfig:
 
     _argument_group_name = 'ComSem protocol options'  # its --help section
 
-    explain_samples: int = _field(
+    explain_samples: int = option(
         5, "Samples shown to the explainer (the original's interpretation_length). A feature needs at least one more to be scored."
     )
-    max_test_samples: int = _field(8, "Most held-out activating samples judged per feature (the original's max_test_samples).")
-    num_negatives: int = _field(
+    max_test_samples: int = option(8, "Most held-out activating samples judged per feature (the original's max_test_samples).")
+    num_negatives: int = option(
         8, "Beyond the paper: non-activating contexts judged per feature, for specificity and balanced accuracy. 0 = the paper's protocol only."
     )
-    threshold: float = _field(
+    threshold: float = option(
         0.5, "A feature counts as interpretable when its ComSem score is >= this (the paper states no threshold; this one is ours)."
     )
-    max_features: int | None = _field(
+    max_features: int | None = option(
         None, "Interpret a random sample of this many features (seeded by --features_seed; the same subset for every dictionary of equal width). None = all."
     )
-    features_seed: int = _field(0, "Seed of the --max_features sample.")
-    explain_max_tokens: int | None = _field(
+    features_seed: int = option(0, "Seed of the --max_features sample.")
+    explain_max_tokens: int | None = option(
         None, "Cap on the explainer's answer length in tokens (None = the server's default, as the original)."
     )
-    judge_max_tokens: int | None = _field(None, "Cap on the judge's answer length in tokens (None = the server's default).")
-    temperature: float | None = _field(
+    judge_max_tokens: int | None = option(None, "Cap on the judge's answer length in tokens (None = the server's default).")
+    temperature: float | None = option(
         None, "Sampling temperature of both calls (None = the server's default, as the original; the local backend then decodes greedily)."
     )
 

@@ -38,6 +38,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..configuration import option
+
 logger = logging.getLogger(__name__)
 
 # Environment variables searched for the API key when none is passed (the second is the original
@@ -780,8 +782,6 @@ BACKENDS = ("openai", "transformers")
 SECRET_FIELDS = ("api_key",)  # never written anywhere
 
 
-def _field(default: Any, help: str, **metadata: Any) -> Any:
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
@@ -790,41 +790,41 @@ class LLMConfig:
 
     _argument_group_name = 'LLM options (explainer and judge)'  # its --help section
 
-    backend: str = _field(
+    backend: str = option(
         "openai", "openai: any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama); transformers: a local chat model.",
         choices=BACKENDS,
     )
-    llm: str | None = _field(
+    llm: str | None = option(
         None, f"Explainer and judge model (the original's backend_model_name). Default: {DEFAULT_OPENAI_MODEL} (openai) or "
         "'embedded', SmolLM2-135M-Instruct (transformers).", aliases=["--backend_model_name"],
     )
-    base_url: str | None = _field(None, "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (None = OpenAI).")
-    api_key: str | None = _field(
+    base_url: str | None = option(None, "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (None = OpenAI).")
+    api_key: str | None = option(
         None, "API key (the original's --openai_token). Prefer the environment variable (see --api_key_env): a flag shows "
         "in the process list. Never written to disk, logs or cards.", aliases=["--openai_token"],
     )
-    api_key_env: str = _field("OPENAI_API_KEY", "Environment variable holding the API key (OAI_TOKEN, the original's, is also read).")
-    timeout: float = _field(60.0, "Seconds per HTTP attempt before it counts as a timeout.")
-    max_retries: int = _field(6, "Retries per call after 429, 5xx, timeouts, dropped connections or malformed bodies.")
-    backoff_base: float = _field(1.0, "First retry delay in seconds; doubles each retry (with jitter), unless the server sends Retry-After.")
-    concurrency: int = _field(8, "API calls in flight at once.")
-    price_input: float | None = _field(None, "USD per million prompt tokens for the ledger (default: the list price of known OpenAI models, else 0).")
-    price_output: float | None = _field(None, "USD per million completion tokens for the ledger.")
-    llm_batch_size: int = _field(8, "Local backend: prompts per generate call.")
-    llm_max_new_tokens: int = _field(32, "Local backend: cap on generated tokens when the protocol sets none.")
-    llm_device: str | None = _field(None, "Local backend: device of the chat model.")
-    llm_prefix_cache: bool = _field(
+    api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key (OAI_TOKEN, the original's, is also read).")
+    timeout: float = option(60.0, "Seconds per HTTP attempt before it counts as a timeout.")
+    max_retries: int = option(6, "Retries per call after 429, 5xx, timeouts, dropped connections or malformed bodies.")
+    backoff_base: float = option(1.0, "First retry delay in seconds; doubles each retry (with jitter), unless the server sends Retry-After.")
+    concurrency: int = option(8, "API calls in flight at once.")
+    price_input: float | None = option(None, "USD per million prompt tokens for the ledger (default: the list price of known OpenAI models, else 0).")
+    price_output: float | None = option(None, "USD per million completion tokens for the ledger.")
+    llm_batch_size: int = option(8, "Local backend: prompts per generate call.")
+    llm_max_new_tokens: int = option(32, "Local backend: cap on generated tokens when the protocol sets none.")
+    llm_device: str | None = option(None, "Local backend: device of the chat model.")
+    llm_prefix_cache: bool = option(
         True, "Local backend: compute the shared prompt prefix (instructions, few-shot turns) once and reuse its KV cache; "
         "requests then run one at a time. Off: left-padded batches of --llm_batch_size."
     )
-    cache: str | None = _field(
+    cache: str | None = option(
         None, "Response cache (SQLite). Default: $HF_BAE_CACHE/llm_responses.sqlite or ~/.cache/hf_bae/llm_responses.sqlite."
     )
-    no_cache: bool = _field(False, "Do not read or write the response cache.")
-    max_calls: int | None = _field(
+    no_cache: bool = option(False, "Do not read or write the response cache.")
+    max_calls: int | None = option(
         None, "Stop making new LLM calls after this many (cached answers are free); a rerun continues where this one stopped."
     )
-    dry_run: bool = _field(False, "Make no LLM call: print how many calls (and roughly what cost) a run would make.")
+    dry_run: bool = option(False, "Make no LLM call: print how many calls (and roughly what cost) a run would make.")
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

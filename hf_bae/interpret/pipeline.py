@@ -20,10 +20,11 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..configuration import option
 from ..version import __version__
 from .atlas import (
     ATLAS_INFO_FILE,
@@ -47,10 +48,6 @@ logger = logging.getLogger(__name__)
 COMSEM_FILE = "comsem.json"
 
 
-def _field(default: Any, help: str, **metadata: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
@@ -59,27 +56,27 @@ class CorpusArguments:
 
     _argument_group_name = 'Corpus options (language model and texts)'  # its --help section
 
-    base_model: str | None = _field(
+    base_model: str | None = option(
         None, "Language model: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a folder. Default: the "
         "dictionary's recorded base_model, else 'embedded'.", aliases=["--LM_name"],
     )
-    base_model_revision: str | None = _field(None, "Revision of the language model.")
-    dataset: str = _field(
+    base_model_revision: str | None = option(None, "Revision of the language model.")
+    dataset: str = option(
         "embedded", "Corpus: 'embedded' (State of the Union paragraphs, offline), a Hub dataset or a loader such as 'text'.",
         aliases=["--dataset_name"],
     )
-    split: str = _field("train", "Split of the corpus.")
-    text_column: str = _field("text", "Column holding the text.")
-    dataset_config: str | None = _field(None, "Configuration name of the dataset.")
-    data_files: str | None = _field(None, "Data files for a loader dataset (e.g. --dataset text --data_files corpus.txt).")
-    num_texts: int = _field(8192, "Number of texts read from the start of the corpus (the original's sample_size).", aliases=["--sample_size"])
-    context_length: int = _field(128, "Tokens per packed row; a sample's context is its row's stretch between document boundaries.")
-    batch_size: int = _field(8, "Rows per language-model forward pass.")
-    exclude_special_tokens: bool = _field(
+    split: str = option("train", "Split of the corpus.")
+    text_column: str = option("text", "Column holding the text.")
+    dataset_config: str | None = option(None, "Configuration name of the dataset.")
+    data_files: str | None = option(None, "Data files for a loader dataset (e.g. --dataset text --data_files corpus.txt).")
+    num_texts: int = option(8192, "Number of texts read from the start of the corpus (the original's sample_size).", aliases=["--sample_size"])
+    context_length: int = option(128, "Tokens per packed row; a sample's context is its row's stretch between document boundaries.")
+    batch_size: int = option(8, "Rows per language-model forward pass.")
+    exclude_special_tokens: bool = option(
         False, "Leave BOS/EOS and other special tokens out of the samples (the original kept them: BOS is scored too)."
     )
-    device: str | None = _field(None, "Device of the language model and dictionaries (default: cuda if available, else cpu).")
-    dtype: str | None = _field(None, "dtype of the language model (default: float32 on CPU).")
+    device: str | None = option(None, "Device of the language model and dictionaries (default: cuda if available, else cpu).")
+    dtype: str | None = option(None, "dtype of the language model (default: float32 on CPU).")
 
     def __post_init__(self) -> None:
         if self.num_texts < 1:
@@ -92,20 +89,20 @@ class DictionaryArguments:
 
     _argument_group_name = 'Dictionary options'  # its --help section
 
-    dictionary: list[str] = _field(
+    dictionary: list[str] = option(
         [], "Trained dictionary folders (or Hub ids), and/or 'random' for the random baseline, e.g. "
         "--dictionary runs/bae runs/topk random (the original's BAE_path).", aliases=["--BAE_path"],
     )
-    type: str | None = _field(
+    type: str | None = option(
         None, "Expected type of the dictionaries: BAE, SAE, TRC or random (the original's --type; ours is read from "
         "each dictionary's config, this only checks it). --type random alone runs the random baseline.",
         choices=list(DICTIONARY_TYPES),
     )
-    config_path: str | None = _field(
+    config_path: str | None = option(
         None, "A dictionary's config.json whose width the random baseline copies (the original's config_path, a pickle, "
         "gave its width). Trained dictionaries read the config.json in their own folder.",
     )
-    layer: int | None = _field(
+    layer: int | None = option(
         None, "Check that every dictionary reads this decoder layer (its config's `layer`). The original's --layer L "
         "indexed hidden_states[L], which is our layer L-1 with site resid_post.",
     )

@@ -27,6 +27,7 @@ LEGACY_BINARIZATION_NAMES = {"sign": "identity", "sign_s": "legacy_sign_s", "squ
 BITS = (1, 2, 4, 8)
 SAE_ACTIVATIONS = ("relu", "topk", "jumprelu", "legacy_topk", "none", "sigmoid", "tanh")
 L1_REDUCTIONS = ("sum", "mean")
+DECODER_IMPLEMENTATIONS = ("dense", "sparse")
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
@@ -194,6 +195,14 @@ class BAEConfig(DictionaryConfig):
         "the deviations' density), or auto (sparse when at most 1 percent of D is nonzero, else dense).",
         choices=COVARIANCE_IMPLEMENTATIONS,
     )
+    decoder_implementation: str = option(
+        "dense",
+        "How 1-bit codes are decoded (same result): dense (codes @ W) or sparse (r @ W + D @ W, with D = codes - "
+        "round(batch mean) a sparse matrix). On a CPU at d = 768 the sparse path does not win even for very sparse "
+        "deviations (benchmarks/sparse_decode.py: its passes over the codes cost as much as the product); try it on "
+        "wide models or a GPU.",
+        choices=DECODER_IMPLEMENTATIONS,
+    )
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.estimator = LEGACY_BINARIZATION_NAMES.get(self.estimator, self.estimator)
@@ -216,6 +225,7 @@ class BAEConfig(DictionaryConfig):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         _check_choice("covariance_implementation", self.covariance_implementation, COVARIANCE_IMPLEMENTATIONS)
+        _check_choice("decoder_implementation", self.decoder_implementation, DECODER_IMPLEMENTATIONS)
         if self.covariance_chunk_size < 1:
             raise ValueError(f"covariance_chunk_size must be >= 1, got {self.covariance_chunk_size}.")
 

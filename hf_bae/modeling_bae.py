@@ -9,6 +9,7 @@ Training minimises  MSE(h, ĥ) + λ_e · H(codes) + λ_c · Σ_{i≠j} |Cov(code
 H is the sum of the codes' binary entropies in the batch (`hf_bae.losses`).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,40 @@ from .binarize import binarize, bits_to_values
 from .configuration import BAEConfig
 from .losses import covariance_penalty, minibatch_entropy, reconstruction_loss
 from .modeling_base import DictionaryPreTrainedModel, output_activation
+
+
+class _DeviationDecode(torch.autograd.Function):
+    """`codes @ Wᵀ + bias` for 0/1 codes as `r @ Wᵀ + D @ Wᵀ + bias`, with r the batch's rounded mean code
+    and D = codes − r a sparse matrix: the forward product and the weight gradient cost O(nnz(D)·d)
+    instead of O(b·m·d). The gradient to the codes (for the estimator) is the dense `grad @ W` as usual."""
+
+    @staticmethod
+    def forward(ctx, codes, weight, bias):
+        b = codes.shape[0]
+        rounded = (2 * codes.sum(dim=0) > b).to(codes.dtype)  # counts <= b: exact in float32 while b <= 2^24
+        deviations = codes - rounded
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are tested
+            warnings.simplefilter("ignore", UserWarning)
+            d_csr = deviations.to_sparse_csr()
+            out = torch.sparse.mm(d_csr, weight.T.contiguous()) + (rounded @ weight.T)
+        if bias is not None:
+            out = out + bias
+        ctx.save_for_backward(deviations, rounded, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        deviations, rounded, weight = ctx.saved_tensors
+        grad_codes = grad_out @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                d_t = deviations.T.to_sparse_csr()
+                grad_weight = (torch.sparse.mm(d_t, grad_out) + rounded[:, None] * grad_out.sum(0)[None, :]).T
+        grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_codes, grad_weight, grad_bias
 
 
 @dataclass
@@ -81,8 +116,17 @@ class BinaryAutoencoder(DictionaryPreTrainedModel):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Reconstruction from `[..., m·bits]` binary codes."""
         codes = self._check(codes, self.config.num_codes, "codes")
-        values = bits_to_values(codes, self.config.bits)
-        return output_activation(self.config.output_activation)(self.decoder(values))
+        activation = output_activation(self.config.output_activation)
+        if self._sparse_decode(codes):
+            flat = codes.reshape(-1, codes.shape[-1])
+            out = _DeviationDecode.apply(flat, self.decoder.weight, self.decoder.bias)
+            return activation(out.reshape(*codes.shape[:-1], out.shape[-1]))
+        return activation(self.decoder(bits_to_values(codes, self.config.bits)))
+
+    def _sparse_decode(self, codes: torch.Tensor) -> bool:
+        """Whether `decode` takes the sparse path: asked for, 1-bit codes, and no autocast."""
+        return (self.config.decoder_implementation == "sparse" and self.config.bits == 1 and codes.dim() >= 2
+                and not torch.is_autocast_enabled(codes.device.type))
 
     def forward(
         self,

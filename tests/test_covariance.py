@@ -173,3 +173,57 @@ def test_sparse_and_dense_paths_train_the_same():
         runs[implementation] = torch.tensor(log)
     assert runs["dense"][:, 1].min() > 0
     assert torch.allclose(runs["sparse"], runs["dense"], rtol=1e-9, atol=1e-12)
+
+
+# --- sparse decoding: codes @ W = r @ W + D @ W -------------------------------------------------------
+
+
+def _decoder_pair(decoder_bias=True, output_activation="none", bits=1):
+    from hf_bae import BAEConfig, BinaryAutoencoder
+
+    kwargs = dict(hidden_size=12, expansion_factor=4, decoder_bias=decoder_bias, output_activation=output_activation, bits=bits)
+    torch.manual_seed(0)
+    sparse = BinaryAutoencoder(BAEConfig(decoder_implementation="sparse", **kwargs)).double()
+    dense = BinaryAutoencoder(BAEConfig(decoder_implementation="dense", **kwargs)).double()
+    dense.load_state_dict(sparse.state_dict())
+    return sparse, dense
+
+
+@pytest.mark.parametrize("shape", [(37, 48), (2, 9, 48)])
+@pytest.mark.parametrize("decoder_bias,activation", [(True, "none"), (False, "relu")])
+def test_sparse_decode_equals_dense_in_value_and_gradient(shape, decoder_bias, activation):
+    sparse, dense = _decoder_pair(decoder_bias, activation)
+    generator = torch.Generator().manual_seed(1)
+    usual = (torch.rand(shape[-1], generator=generator) < 0.3).double()  # some codes usually on
+    flip = torch.rand(shape, generator=generator) < 0.05
+    codes = torch.where(flip, 1 - usual, usual)
+    a, b = codes.clone().requires_grad_(True), codes.clone().requires_grad_(True)
+    out_sparse, out_dense = sparse.decode(a), dense.decode(b)
+    assert out_sparse.shape == out_dense.shape == (*shape[:-1], 12)
+    torch.testing.assert_close(out_sparse, out_dense, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(out_dense)
+    out_sparse.backward(upstream)
+    out_dense.backward(upstream)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    for name, p in sparse.named_parameters():
+        if p.grad is not None or dict(dense.named_parameters())[name].grad is not None:
+            torch.testing.assert_close(p.grad, dict(dense.named_parameters())[name].grad, rtol=1e-12, atol=1e-12)
+
+
+def test_decode_path_follows_the_config(monkeypatch):
+    from hf_bae import BAEConfig, BinaryAutoencoder
+    from hf_bae import modeling_bae
+
+    calls = []
+    original = modeling_bae._DeviationDecode.apply
+    monkeypatch.setattr(modeling_bae._DeviationDecode, "apply", lambda *args: calls.append(1) or original(*args))
+    codes = (torch.rand(64, 192) < 0.5).float()
+    BinaryAutoencoder(BAEConfig(hidden_size=12, expansion_factor=16)).decode(codes)
+    assert calls == []  # default: dense
+    BinaryAutoencoder(BAEConfig(hidden_size=12, expansion_factor=16, decoder_implementation="sparse")).decode(codes)
+    assert calls == [1]
+    two_bit, _ = _decoder_pair(bits=2)
+    two_bit.decode(torch.zeros(8, two_bit.config.num_codes, dtype=torch.float64))
+    assert calls == [1]  # multi-bit codes always decode densely
+    with pytest.raises(ValueError, match="decoder_implementation"):
+        BAEConfig(decoder_implementation="auto")

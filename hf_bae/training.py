@@ -92,9 +92,9 @@ class TrainingArguments:
         "(SmolLM2-135M-Instruct, offline).", aliases=["--model"])
     model_revision: str | None = option(None, "Revision (branch, tag or commit) of the language model.")
     lm_dtype: str | None = option(None, "dtype of the language model (float32, bfloat16, float16); default: float32 "
-                                "on CPU, bfloat16 on GPU.")
+                                  "on CPU, bfloat16 on GPU.")
     dataset: str = option("embedded", "Text dataset (Hub id, local folder, or 'embedded': State of the Union "
-                        "addresses, offline), streamed with datasets.")
+                          "addresses, offline), streamed with datasets.")
     dataset_config: str | None = option(None, "Configuration name of the dataset.")
     data_files: list[str] | None = option(None, "Data files of the dataset (e.g. local .txt / .jsonl files).")
     split: str = option("train", "Split the training texts come from.")
@@ -105,7 +105,7 @@ class TrainingArguments:
     validation_texts: int = option(64, "Number of held-out texts validation activations are taken from.")
     layer: int | None = option(None, "Decoder layer L (0-based) whose site is hooked; default: the middle layer.")
     site: str = option("resid_post", "Hooked site: resid_post (output of layer L = hidden_states[L+1]), mlp_in or "
-                     "mlp_out.", choices=SITES)
+                       "mlp_out.", choices=SITES)
     transcoder_target: str = option(
         "mlp_out", "What a transcoder reconstructs from the MLP input of layer L: mlp_out (a standard transcoder) "
         "or resid_post (the original code's target, the residual stream after layer L).",
@@ -113,15 +113,15 @@ class TrainingArguments:
     context_length: int = option(128, "Tokens per packed row fed to the language model.")
     lm_batch_size: int = option(8, "Rows per language-model forward pass.")
     shuffle_rows: int = option(64, "Rows whose tokens are pooled and shuffled together before batches are cut "
-                             "(a multiple of --lm_batch_size); more rows mix more sequences per batch.")
+                               "(a multiple of --lm_batch_size); more rows mix more sequences per batch.")
     exclude_special_tokens: bool = option(True, "Leave BOS/EOS/pad tokens out of training (their activations are "
-                                        "outliers).")
+                                          "outliers).")
     outlier_factor: float | None = option(None, "Also leave out tokens whose activation norm exceeds this many times "
-                                        "the median.")
+                                          "the median.")
     cache: str | None = option(None, "Train from an activation cache written by `hf-bae harvest` instead of running "
-                             "the language model.", aliases=["--cache_dir"])
+                               "the language model.", aliases=["--cache_dir"])
     train_fraction: float = option(0.8, "Cache only: the first fraction of the cache trains, the rest validates "
-                                 "(split in order, as the original --dataset_split).", aliases=["--dataset_split"])
+                                   "(split in order, as the original --dataset_split).", aliases=["--dataset_split"])
     # -- what is trained ------------------------------------------------------------------------
     dictionaries: list[str] = option(
         ["bae"], "Dictionaries trained side by side on the same tokens, each with its own optimiser and folder: "
@@ -129,62 +129,62 @@ class TrainingArguments:
         choices=tuple(DICTIONARY_KINDS))
     # -- optimisation ---------------------------------------------------------------------------
     learning_rate: float = option(5e-4, "Learning rate (the original's published commands use 5e-4).",
-                                aliases=["--lr"])
+                                  aliases=["--lr"])
     weight_decay: float = option(0.0, "Weight decay (L2 added to the gradient with adam; decoupled with adamw).")
     optimizer: str = option("adam", "Optimiser: adam (as the original) or adamw.", choices=OPTIMIZERS)
     adam_beta1: float = option(0.9, "Adam beta1.")
     adam_beta2: float = option(0.999, "Adam beta2.")
     lr_scheduler: str = option("constant", "Learning-rate schedule after warm-up: constant, linear or cosine decay "
-                             "to 0 (linear/cosine need a known number of steps).", choices=SCHEDULES)
+                               "to 0 (linear/cosine need a known number of steps).", choices=SCHEDULES)
     warmup_steps: int = option(0, "Steps of linear learning-rate warm-up.")
     max_grad_norm: float = option(0.0, "Clip the gradient norm to this value (0: no clipping, as the original).")
     batch_size: int = option(512, "Tokens per batch and process. The BAE's entropy and covariance are batch "
-                           "statistics, so this also sets their estimator.")
+                             "statistics, so this also sets their estimator.")
     gradient_accumulation_steps: int = option(1, "Batches accumulated per optimiser step.")
     max_steps: int = option(0, "Stop after this many optimiser steps (0: no limit).")
     max_tokens: int = option(0, "Stop after this many training tokens over all processes (0: no limit).")
     num_epochs: int = option(0, "Passes over a finite source (cache or tensors). With no budget at all, a finite "
-                           "source trains one epoch and a live stream until its texts run out.")
+                             "source trains one epoch and a live stream until its texts run out.")
     entropy_start_step: int = option(0, "BAE entropy term is off (weight 0) before this optimiser step.")
     entropy_start_tokens: int = option(0, "BAE entropy term is off before this many training tokens.")
     entropy_start_epoch: int = option(0, "BAE entropy term is off before this epoch (finite sources only; the "
-                                    "original's default was 500).")
+                                      "original's default was 500).")
     l1_start_step: int = option(0, "SAE L1 penalty is off before this optimiser step.")
     l1_start_tokens: int = option(0, "SAE L1 penalty is off before this many training tokens.")
     l1_start_epoch: int = option(0, "SAE L1 penalty is off before this epoch (finite sources only).")
     mixed_precision: str = option("no", "Autocast precision with fp32 master weights: no, bf16 or fp16 (bf16 "
-                                "recommended on GPUs; slow on most CPUs).", choices=MIXED_PRECISION)
+                                  "recommended on GPUs; slow on most CPUs).", choices=MIXED_PRECISION)
     compile: bool = option(False, "torch.compile each dictionary (accelerate's dynamo backend 'inductor'): fuses the "
-                         "element-wise work around the matmuls; the covariance penalty's custom autograd stays eager. "
-                         "Needs a C++ compiler on the CPU; the first steps are slow while it compiles.")
+                           "element-wise work around the matmuls; the covariance penalty's custom autograd stays eager. "
+                           "Needs a C++ compiler on the CPU; the first steps are slow while it compiles.")
     fused_optimizer: bool = option(False, "Use the fused Adam/AdamW kernel (one kernel for all parameters; CUDA and CPU "
-                                 "float32/bf16): faster steps on a GPU, tiny numerical differences from the default.")
+                                   "float32/bf16): faster steps on a GPU, tiny numerical differences from the default.")
     cpu: bool = option(False, "Train on the CPU even when an accelerator is available (also for multi-process CPU "
-                     "runs: `accelerate launch --multi_gpu --num_processes 2 train.py --cpu`).")
+                       "runs: `accelerate launch --multi_gpu --num_processes 2 train.py --cpu`).")
     seed: int = option(0, "Seed of initialisation and data shuffling.")
     # -- evaluation -----------------------------------------------------------------------------
     validate_every: int = option(500, "Validate every N optimiser steps (and at the end; 0: only at the end).")
     validation_tokens: int = option(8192, "Held-out tokens used for validation.")
     splice_rows: int = option(8, "Held-out rows of --context_length tokens on which the reconstruction is spliced "
-                            "into the language model for KL / JS / CE-loss score (0: skip).")
+                              "into the language model for KL / JS / CE-loss score (0: skip).")
     dense_threshold: float = option(DEFAULT_DENSE_THRESHOLD, "A feature is dense when it fires on more than this "
-                                  "fraction of validation tokens (the paper gives no value).")
+                                    "fraction of validation tokens (the paper gives no value).")
     dead_window_tokens: int = option(1_000_000, "Training-time dead features: fired on none of the last this many "
-                                   "training tokens (per process).")
+                                     "training tokens (per process).")
     # -- output ---------------------------------------------------------------------------------
     output_dir: str = option("runs/hf_bae", "Folder of the run (see the layout in hf_bae.training).",
-                           aliases=["--save_dir"])
+                             aliases=["--save_dir"])
     overwrite: bool = option(False, "Replace a previous run in --output_dir.")
     resume: bool = option(False, "Continue the run in --output_dir from its latest checkpoint.")
     save_dictionaries: bool = option(True, "Write each dictionary with save_pretrained at the end (the original's "
-                                   "--dont_save_model is --no_save_dictionaries).")
+                                     "--dont_save_model is --no_save_dictionaries).")
     checkpoint_every: int = option(1000, "Checkpoint every N optimiser steps (0: only on a signal and at the end).")
     save_total_limit: int = option(2, "Checkpoints kept (older ones are deleted).")
     log_every: int = option(10, "Log training metrics every N optimiser steps.")
     nan_check_every: int = option(1, "Check that losses and gradients are finite every N steps (each check syncs "
-                                "the device; with N > 1 the first bad step is still found exactly).")
+                                  "the device; with N > 1 the first bad step is still found exactly).")
     report_to: str = option("none", "Trackers: none, tensorboard, wandb or all (installed ones only).",
-                          choices=TRACKERS)
+                            choices=TRACKERS)
     progress: bool = option(True, "Show a tqdm progress bar (main process only).")
     plots: bool = option(True, "Draw the plots of each dictionary at the end (plots/*.png).")
 

@@ -49,10 +49,10 @@ class SourceArguments:
     """Where the hidden states come from."""
 
     model: str = option("embedded", "Causal LM: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder. "
-                    "Default with --bae/--bae_dir: the base model recorded in the BAE's config.")
+                        "Default with --bae/--bae_dir: the base model recorded in the BAE's config.")
     revision: str | None = option(None, "Hub revision of the model.")
     dataset: str = option("embedded", "Text: 'embedded' (State of the Union paragraphs, offline), a Hub dataset id, or a "
-                      "local .txt/.jsonl/.csv/.parquet file or folder.")
+                          "local .txt/.jsonl/.csv/.parquet file or folder.")
     dataset_config: str | None = option(None, "Configuration name of a Hub dataset.")
     split: str = option("train", "Dataset split.")
     text_column: str = option("text", "Column holding the text.")
@@ -84,7 +84,7 @@ class TrainOptions:
     train_batch_size: int = option(256, "Tokens per training batch.")
     train_learning_rate: float = option(1e-3, "Learning rate of --train.")
     eval_texts: int = option(200, "With --train: the first this many texts are held out for evaluation; training reads "
-                         "the texts after them.")
+                             "the texts after them.")
 
 
 @dataclass
@@ -95,7 +95,7 @@ class EstimateArguments:
 @dataclass
 class LayersArguments:
     bae_dir: str | None = option(None, "Folder holding one BAE per layer (sub-folders with config.json), e.g. the "
-                             "baes/ folder a --train run writes, or a training run with several BAEs.")
+                                 "baes/ folder a --train run writes, or a training run with several BAEs.")
     layers: list[int] | None = option(None, "With --train: the decoder layers (0-based) to train a BAE for.")
     site: str = option("resid_post", "With --train: the site of every layer (resid_post, mlp_in, mlp_out).")
 
@@ -105,7 +105,7 @@ class ICLArguments:
     bae: str | None = option(None, "Folder of a trained BAE for the site read (its config gives the layer).")
     layer: int | None = option(None, "With --train: the layer of the BAE to train.")
     task: str = option("antonyms", "Task: a JSONL file of {\"input\": ..., \"label\": ...} lines, or a shipped one: "
-                   "antonyms, country_capital, sentiment.")
+                       "antonyms, country_capital, sentiment.")
     max_shots: int = option(4, "Largest number of demonstrations K (curve over k = 0..K).")
     num_queries: int = option(64, "Queries per k (the same queries for every k).")
 

@@ -18,7 +18,7 @@ from transformers.utils import ModelOutput
 
 from .binarize import binarize, bits_to_values
 from .configuration import BAEConfig
-from .losses import covariance_penalty, minibatch_entropy, reconstruction_loss
+from .losses import covariance_penalty, minibatch_entropy, reconstruction_loss, rounded_mean_code
 from .modeling_base import DictionaryPreTrainedModel, output_activation
 
 
@@ -29,8 +29,7 @@ class _DeviationDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, codes, weight, bias):
-        b = codes.shape[0]
-        rounded = (2 * codes.sum(dim=0) > b).to(codes.dtype)  # counts <= b: exact in float32 while b <= 2^24
+        rounded = rounded_mean_code(codes)[0].to(codes.dtype)
         deviations = codes - rounded
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are tested
             warnings.simplefilter("ignore", UserWarning)

@@ -381,7 +381,8 @@ def _batched(iterable: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's input embeddings (where its input ids go), else of its first parameter."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and hasattr(embeddings, "weight"):
         return embeddings.weight.device
@@ -431,7 +432,7 @@ def stream_activations(
     if outlier_factor is not None and outlier_factor <= 1:
         raise ValueError(f"outlier_factor must be > 1 (a multiple of the median norm), got {outlier_factor}.")
     sites = parse_sites(sites)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     autocast_dtype = _as_dtype(dtype)
     special = None
     if exclude_special_tokens and tokenizer.all_special_ids:

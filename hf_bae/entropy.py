@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .losses import binary_entropy_bits
 from .metrics import entropy_bits_from_counts
 
 DEFAULT_MIN_SAMPLES = 256
@@ -295,9 +296,7 @@ class EntropyAccumulator:
 def _miller_madow(counts: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
     """Miller–Madow entropy (bits) of each row of weighted counts `[B, M]` with totals `[B]`."""
     samples = samples.clamp_min(1e-12)[:, None]
-    p = (counts / samples).clamp(0, 1)
-    h = -(torch.where(p > 0, p * torch.log2(p.clamp_min(1e-300)), 0.0)
-          + torch.where(p < 1, (1 - p) * torch.log2((1 - p).clamp_min(1e-300)), 0.0))
+    h = binary_entropy_bits((counts / samples).clamp(0, 1), eps=0.0).nan_to_num(0.0)  # 0·log 0 = 0
     live = ((counts > 0) & (counts < samples)).sum(-1)
     return h.sum(-1) + live / (2 * samples[:, 0] * math.log(2))
 
@@ -520,9 +519,10 @@ def document_prefixes(texts: Iterable[str], tokenizer: Any, length: int, max_row
 def position_activations(language_model: Any, input_ids: torch.Tensor, site: str, positions: Sequence[int],
                          batch_size: int = 8, progress: bool = True) -> dict[int, torch.Tensor]:
     """position → `[rows, d]` activations at `site` of each row's token at that position (CPU, float32)."""
+    from .activations import model_device
     from .sites import HookedForward, Site
 
-    device = language_model.get_input_embeddings().weight.device
+    device = model_device(language_model)
     index = torch.tensor(list(positions))
     parts = []
     with HookedForward(language_model, [site]) as forward:

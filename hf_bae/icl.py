@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .activations import model_device
 from .entropy import DEFAULT_MIN_SAMPLES, DEFAULT_NUM_BOOTSTRAP, EntropyAccumulator, EntropyReport, bae_site
 from .sites import Site, replace_site
 
@@ -166,10 +167,6 @@ def _encode(tokenizer: Any, prompt: str, label: str) -> tuple[list[int], list[in
     return ids, label_ids
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
 @torch.no_grad()
 def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[ICLPrompt], site: str | Site, *, batch_size: int = 8,
                 steering: torch.Tensor | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +179,7 @@ def run_prompts(model: Any, tokenizer: Any, prompts: Sequence[ICLPrompt], site: 
     Returns:
         `([n, d]` float32 hidden states on the CPU, `[n]` bool correct`)`.
     """
-    device = _device(model)
+    device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     hidden, correct = [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc="prompts", disable=not progress):

@@ -222,7 +222,7 @@ def _report_row(label: dict[str, Any], report) -> dict[str, Any]:
 def _train_baes(sources: dict[str, str], dictionaries_dir: Path, lm, tokenizer, args, est, train, dictionary, bae_args,
                 tensors: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one BAE per entry of `sources` (name → site key) with hf_bae.training.Trainer; returns name → BAE."""
-    from ..activations import model_name_of, model_revision_of, token_filter_description
+    from ..activations import model_device, model_name_of, model_revision_of, token_filter_description
     from ..configuration import BAEConfig
     from ..modeling_bae import BinaryAutoencoder
     from ..sources import LiveSource, TensorSource
@@ -235,7 +235,7 @@ def _train_baes(sources: dict[str, str], dictionaries_dir: Path, lm, tokenizer, 
         texts = lambda: _texts(args, skip=train.eval_texts)  # noqa: E731
         source = LiveSource(lm, tokenizer, texts, sorted(set(sources.values())), context_length=args.context_length,
                             lm_batch_size=args.lm_batch_size, shuffle_rows=args.lm_batch_size * 4,
-                            device=lm.get_input_embeddings().weight.device, seed=est.seed)
+                            device=model_device(lm), seed=est.seed)
     base = {"base_model": model_name_of(args.model), "base_model_revision": model_revision_of(args.model, args.revision),
             "dataset": "sotu" if args.dataset == "embedded" else args.dataset, "context_length": args.context_length,
             "token_filter": token_filter_description(True, None), **(provenance or {})}

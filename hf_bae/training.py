@@ -245,7 +245,7 @@ RESUMABLE_CHANGES = frozenset({
     "max_steps", "max_tokens", "num_epochs", "validate_every", "log_every", "checkpoint_every", "save_total_limit",
     "report_to", "resume", "overwrite", "nan_check_every", "progress", "learning_rate", "max_grad_norm",
     "splice_rows", "validation_tokens", "dense_threshold", "save_dictionaries", "output_dir", "cache", "plots",
-    "compile", "covariance_implementation", "covariance_chunk_size",
+    "compile", "covariance_implementation", "covariance_chunk_size", "decoder_implementation",
 })
 
 

@@ -592,6 +592,8 @@ def plot_entropy_curve(x: Sequence[float], reports: Sequence[EntropyReport], pat
     if xticklabels is not None:
         ax.set_xticks(list(x))
         ax.set_xticklabels(xticklabels, fontsize=8)
+    elif all(float(v).is_integer() for v in x):  # layers, positions, shots: no "1.25 demonstrations" ticks
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     handles, labels = ax.get_legend_handles_labels()
     if accuracy is not None:
         ax2 = ax.twinx()

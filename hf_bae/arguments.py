@@ -49,7 +49,23 @@ def build_parser(dataclass_types: Sequence[type], prog: str, description: str) -
     return parser
 
 
-def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str, description: str) -> tuple[Any, ...]:
-    """Parse `argv` into one instance of each dataclass; unknown flags are an error that names them."""
+def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None, prog: str, description: str,
+          presets: dict[str, dict[str, Any]] | None = None) -> tuple[Any, ...]:
+    """Parse `argv` into one instance of each dataclass; unknown flags are an error that names them.
+
+    With `presets` (name → field values), a `--preset NAME` flag applies those values as defaults, so
+    that flags given explicitly still win.
+    """
     parser = build_parser(dataclass_types, prog, description)
-    return tuple(parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None))
+    argv = list(argv) if argv is not None else None
+    if presets:
+        parser.add_argument("--preset", choices=sorted(presets), default=None,
+                            help="Start from a named set of option values (flags given explicitly still win): "
+                                 + "; ".join(f"{n}: {', '.join(f'{k}={v}' for k, v in p.items()) or 'the defaults'}"
+                                             for n, p in presets.items()) + ".")
+        known, _ = parser.parse_known_args(argv)
+        if known.preset:
+            fields = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+            parser.set_defaults(**{k: v for k, v in presets[known.preset].items() if k in fields})
+    outputs = parser.parse_args_into_dataclasses(args=argv)
+    return tuple(o for o in outputs if not isinstance(o, argparse.Namespace))

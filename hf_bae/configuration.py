@@ -10,6 +10,7 @@ reads, which avoids the classic off-by-one-layer mistake.
 """
 
 import dataclasses
+import math
 from dataclasses import field
 from typing import Any
 
@@ -28,6 +29,8 @@ BITS = (1, 2, 4, 8)
 SAE_ACTIVATIONS = ("relu", "topk", "jumprelu", "legacy_topk", "none", "sigmoid", "tanh")
 L1_REDUCTIONS = ("sum", "mean")
 DECODER_IMPLEMENTATIONS = ("dense", "sparse")
+NORMALIZATIONS = ("none", "scale", "center_scale")
+_NORMALIZATION_CHOICES = ("auto",) + NORMALIZATIONS
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
@@ -69,6 +72,23 @@ class DictionaryConfig(PretrainedConfig):
     output_activation: str = option(
         "none", "Activation applied to the reconstruction: none, relu, sigmoid or tanh.", choices=OUTPUT_ACTIVATIONS
     )
+    normalize_activations: str = option(
+        "auto",
+        "How training normalises the activations (hf_bae.normalization): center_scale (subtract the mean and scale so "
+        "that E||x||^2 = d, estimated on the first batches), scale (only the scale), none (raw hidden states, as "
+        "the original code), or auto (center_scale; scale without both biases; none with an output_activation, "
+        "through which nothing can be folded). The loss weights are then in the same units on every model and "
+        "layer. The statistics are folded into the saved weights, so a saved dictionary always reads raw hidden states.",
+        choices=_NORMALIZATION_CHOICES,
+    )
+    activation_scale: float | None = option(
+        None, "Set by training with normalize_activations: the scale s folded into the weights; the reconstruction "
+        "loss is reported in normalised units (s^2 times the raw MSE)."
+    )
+    target_scale: float | None = option(
+        None, "Set by training a transcoder with normalize_activations: the scale of its target (when it differs "
+        "from activation_scale)."
+    )
     # Provenance: where the training activations came from.
     base_model: str | None = option(None, "Hub id or path of the language model whose hidden states are encoded.")
     base_model_revision: str | None = option(None, "Revision (commit or branch) of base_model.")
@@ -88,6 +108,9 @@ class DictionaryConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
+        if self.normalize_activations == "auto":  # resolved once, so the saved config says what was done
+            self.normalize_activations = ("none" if self.output_activation != "none" else
+                                          "center_scale" if self.encoder_bias and self.decoder_bias else "scale")
         self._validate()
 
     # -- derived sizes -------------------------------------------------------------------------
@@ -132,6 +155,17 @@ class DictionaryConfig(PretrainedConfig):
         if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
             raise ValueError(f"layer must be a non-negative integer or None, got {self.layer!r}.")
         _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        _check_choice("normalize_activations", self.normalize_activations, NORMALIZATIONS)
+        if self.normalize_activations != "none" and self.output_activation != "none":
+            raise ValueError(f"normalize_activations={self.normalize_activations!r} cannot be folded through "
+                             f"output_activation={self.output_activation!r}: set normalize_activations='none'.")
+        if self.normalize_activations == "center_scale" and not (self.encoder_bias and self.decoder_bias):
+            raise ValueError("normalize_activations='center_scale' folds the mean into the encoder and decoder biases: "
+                             "keep encoder_bias and decoder_bias on, or use normalize_activations='scale'.")
+        for name in ("activation_scale", "target_scale"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}.")
         _check_choice("site", self.site, SITES)
         if self.output_site is not None:
             _check_choice("output_site", self.output_site, SITES)
@@ -177,6 +211,12 @@ class BAEConfig(DictionaryConfig):
         aliases=["--binarization_type"],
     )
     estimator_temperature: float = option(1.0, "Temperature T of the sigmoid estimator.")
+    initial_firing_rate: float | None = option(
+        0.05,
+        "At the start of training, set the encoder bias so that each code fires on this fraction of the first "
+        "batches' tokens (None: PyTorch's default init, as the original code). Codes that start rare stay rare "
+        "under the entropy term, whose gradient pushes every code away from a rate of 0.5.",
+    )
     squarewave_cycle: float = option(2.0, "Period c of the squarewave binarization.", aliases=["--cycle_for_squarewave"])
     entropy_weight: float = option(1e-7, "Weight of the minibatch entropy term (bits, summed over codes).")
     covariance_weight: float = option(
@@ -217,6 +257,8 @@ class BAEConfig(DictionaryConfig):
         super()._validate()
         _check_choice("estimator", self.estimator, ESTIMATORS)
         _check_choice("bits", self.bits, BITS)
+        if self.initial_firing_rate is not None and not 0 < self.initial_firing_rate < 1:
+            raise ValueError(f"initial_firing_rate must be in (0, 1) or None, got {self.initial_firing_rate}.")
         if self.estimator_temperature <= 0:
             raise ValueError(f"estimator_temperature must be > 0, got {self.estimator_temperature}.")
         if self.squarewave_cycle <= 0:
@@ -255,12 +297,27 @@ class SAEConfig(DictionaryConfig):
     )
     k: int = option(10, "Number of active latents for topk / legacy_topk.", aliases=["--topk"])
     jumprelu_threshold: float = option(0.5, "Fixed threshold θ of the jumprelu activation.", aliases=["--theta"])
-    l1_weight: float = option(0.0, "Weight of the L1 penalty on the latents.", aliases=["--l1_norm_weight"])
+    l1_weight: float = option(
+        0.01, "Weight of the L1 penalty on the latents (relu, jumprelu; topk trains without it). The default suits "
+        "normalised activations with l1_reduction=mean and l1_decoder_norm (benchmarks/sweep.py); the original "
+        "code's default was 0.", aliases=["--l1_norm_weight"])
     l1_reduction: str = option(
-        "sum",
-        "How the L1 penalty is reduced: sum (over tokens and latents, as the original code) or mean (over tokens, summed over latents).",
+        "mean",
+        "How the L1 penalty is reduced: mean (over tokens, summed over latents: independent of the batch size) or sum "
+        "(over tokens and latents, as the original code).",
         choices=L1_REDUCTIONS,
     )
+    l1_decoder_norm: bool = option(
+        True, "Weight each latent's L1 by the norm of its decoder column (Anthropic's 2024 recipe), so that the penalty "
+        "cannot be dodged by shrinking the latents and growing the decoder (the original code does not).")
+    auxk_weight: float = option(
+        1 / 32, "topk only: weight of the auxiliary loss of Gao et al. (2024): the auxk_k largest pre-activations of "
+        "dead latents reconstruct the residual of the main reconstruction, which gives dead latents a gradient. "
+        "0 turns it off (as the original code).")
+    auxk_k: int | None = option(None, "topk only: latents used by the auxiliary loss (default: hidden_size / 2).")
+    auxk_dead_tokens: int = option(
+        100_000, "topk only: a latent counts as dead for the auxiliary loss when it fired on none of the last this "
+        "many training tokens (per process).")
 
     def _validate(self) -> None:
         super()._validate()
@@ -268,8 +325,13 @@ class SAEConfig(DictionaryConfig):
         _check_choice("l1_reduction", self.l1_reduction, L1_REDUCTIONS)
         if self.activation in ("topk", "legacy_topk") and not 1 <= self.k <= self.num_latents:
             raise ValueError(f"k={self.k} must be between 1 and the number of latents m={self.num_latents}.")
-        if self.l1_weight < 0:
-            raise ValueError(f"l1_weight must be >= 0, got {self.l1_weight}.")
+        for name in ("l1_weight", "auxk_weight"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.auxk_k is not None and not 1 <= self.auxk_k <= self.num_latents:
+            raise ValueError(f"auxk_k={self.auxk_k} must be between 1 and the number of latents m={self.num_latents}.")
+        if self.auxk_dead_tokens < 1:
+            raise ValueError(f"auxk_dead_tokens must be >= 1, got {self.auxk_dead_tokens}.")
 
 
 BAEConfig.register_for_auto_class()

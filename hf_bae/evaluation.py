@@ -75,11 +75,11 @@ def evaluate_dictionary(model, activations: torch.Tensor, target: torch.Tensor |
         if covariances:
             summary["mean_abs_offdiagonal_cov"] = sum(covariances) / len(covariances)
         m = c.num_codes
-        summary["loss"] = (summary["mse"] + c.entropy_weight * summary["entropy_bits_batch"]
+        summary["loss"] = (summary["mse"] * model.loss_scale + c.entropy_weight * summary["entropy_bits_batch"]
                            + c.covariance_weight * summary.get("mean_abs_offdiagonal_cov", 0.0) * m * (m - 1))
     else:
         summary["l1"] = l1 / batches
-        summary["loss"] = summary["mse"] + c.l1_weight * summary["l1"]
+        summary["loss"] = summary["mse"] * model.loss_scale + c.l1_weight * summary["l1"]
     return summary
 
 

@@ -124,6 +124,7 @@ def config_from_original_params(
         decoder_bias=bool(bias),
         encoder_bias=True,
         base_model=base_model,
+        normalize_activations="none",  # the original trained on raw hidden states
     )
     if layer is not None:
         if layer < 1:
@@ -143,6 +144,7 @@ def config_from_original_params(
             entropy_weight=float(params.get("entropy_weight", 1e-7)),
             covariance_weight=float(params.get("covarience_weight", params.get("covariance_weight", 1e-7))),
             entropy_threshold=float(params.get("entropy_threshold", 0.0)),
+            initial_firing_rate=None,
         )
     activation = str(params.get("inner_activation", "relu"))
     if activation not in LEGACY_SAE_ACTIVATIONS:
@@ -153,6 +155,7 @@ def config_from_original_params(
         k=int(k),
         jumprelu_threshold=float(jumprelu_threshold),
         l1_weight=float(params.get("l1_norm_weight", 0.0)),
+        l1_reduction="sum", l1_decoder_norm=False, auxk_weight=0.0,
     )
 
 

@@ -64,7 +64,8 @@ class BAEOutput(ModelOutput):
         reconstruction: ĥ, shaped like the input (or the target).
         codes: binary codes in {0, 1}, `[..., m·bits]`.
         pre_activations: encoder outputs before the step, `[..., m·bits]`.
-        reconstruction_loss: element-mean squared error.
+        reconstruction_loss: element-mean squared error (of the normalised vectors when the dictionary was
+            trained with `normalize_activations`: s² times the raw MSE).
         entropy_loss: minibatch entropy of the codes in bits (before weighting).
         covariance_loss: Σ_{i≠j} |Cov| of the codes (before weighting).
     """
@@ -102,7 +103,7 @@ class BinaryAutoencoder(DictionaryPreTrainedModel):
 
     def pre_activations(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Encoder outputs before the step, `[..., m·bits]`."""
-        return self.encoder(self._check(hidden_states, self.config.hidden_size, "hidden_states"))
+        return self.encoder(self._normalize_input(self._check(hidden_states, self.config.hidden_size, "hidden_states")))
 
     def _binarize(self, pre: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -118,9 +119,9 @@ class BinaryAutoencoder(DictionaryPreTrainedModel):
         activation = output_activation(self.config.output_activation)
         if self._sparse_decode(codes):
             flat = codes.reshape(-1, codes.shape[-1])
-            out = _DeviationDecode.apply(flat, self.decoder.weight, self.decoder.bias)
+            out = self._denormalize_output(_DeviationDecode.apply(flat, self.decoder.weight, self.decoder.bias))
             return activation(out.reshape(*codes.shape[:-1], out.shape[-1]))
-        return activation(self.decoder(bits_to_values(codes, self.config.bits)))
+        return activation(self._denormalize_output(self.decoder(bits_to_values(codes, self.config.bits))))
 
     def _sparse_decode(self, codes: torch.Tensor) -> bool:
         """Whether `decode` takes the sparse path: asked for, 1-bit codes, and no autocast."""
@@ -154,7 +155,7 @@ class BinaryAutoencoder(DictionaryPreTrainedModel):
         c = self.config
         target = hidden_states if target is None else self._check(target, c.reconstruction_size, "target")
         flat_codes = codes.reshape(-1, c.num_codes)
-        output.reconstruction_loss = reconstruction_loss(target, reconstruction)
+        output.reconstruction_loss = reconstruction_loss(target, reconstruction) * self.loss_scale
         output.entropy_loss = minibatch_entropy(flat_codes, c.entropy_threshold)
         entropy_weight = c.entropy_weight if entropy_weight is None else entropy_weight
         covariance_weight = c.covariance_weight if covariance_weight is None else covariance_weight

@@ -1,4 +1,5 @@
-"""What the BAE and the SAEs share: the `PreTrainedModel` base, weight init and input checks."""
+"""What the BAE and the SAEs share: the `PreTrainedModel` base, weight init, input checks and the
+activation normalisation applied in training (see `hf_bae.normalization`)."""
 
 import importlib
 import math
@@ -10,6 +11,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration import DictionaryConfig
+from .normalization import fold_affine_into_decoder, fold_affine_into_encoder
 
 _OUTPUT_ACTIVATIONS = {
     "none": lambda x: x,
@@ -63,6 +65,71 @@ class DictionaryPreTrainedModel(PreTrainedModel):
                 "(fp16 overflows on some layers: use bf16 or fp32) or filter those tokens."
             )
         return tensor.to(self.encoder.weight.dtype)
+
+    # -- normalisation ---------------------------------------------------------------------------
+    # While training with `normalize_activations`, the statistics live on the model as plain
+    # attributes (not buffers: the state_dict keeps the original code's names); the trainer saves
+    # them in its checkpoints. After `fold_normalization` they are part of the weights.
+    _normalization: tuple[torch.Tensor, float, torch.Tensor, float] | None = None
+
+    def set_normalization(self, input_mean: torch.Tensor, input_scale: float, target_mean: torch.Tensor | None = None,
+                          target_scale: float | None = None) -> None:
+        """Read raw hidden states as `input_scale · (h − input_mean)` and reconstruct in the target's normalised units.
+
+        The reconstruction is returned in raw units and the reconstruction loss is the MSE of the normalised
+        vectors. `fold_normalization` later moves all of it into the weights.
+        """
+        if self.config.activation_scale is not None:
+            raise ValueError("This dictionary's normalisation is already folded into its weights "
+                             f"(activation_scale={self.config.activation_scale}).")
+        if self.config.output_activation != "none":
+            raise ValueError(f"Normalisation cannot be folded through output_activation={self.config.output_activation!r}:"
+                             " use normalize_activations='none'.")
+        device = self.encoder.weight.device
+        target_mean = input_mean if target_mean is None else target_mean
+        target_scale = input_scale if target_scale is None else target_scale
+        for name, scale in (("input_scale", input_scale), ("target_scale", target_scale)):
+            if not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {scale}.")
+        self._normalization = (input_mean.detach().float().to(device), float(input_scale),
+                               target_mean.detach().float().to(device), float(target_scale))
+
+    @property
+    def normalization(self) -> tuple[torch.Tensor, float, torch.Tensor, float] | None:
+        """(input mean, input scale, target mean, target scale) while training normalised, else None."""
+        return self._normalization
+
+    def _normalize_input(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self._normalization is None:
+            return hidden_states
+        mean, scale = self._normalization[0], self._normalization[1]
+        return (hidden_states - mean.to(hidden_states.dtype)) * scale
+
+    def _denormalize_output(self, reconstruction: torch.Tensor) -> torch.Tensor:
+        if self._normalization is None:
+            return reconstruction
+        mean, scale = self._normalization[2], self._normalization[3]
+        return reconstruction / scale + mean.to(reconstruction.dtype)
+
+    @property
+    def loss_scale(self) -> float:
+        """Factor from the raw MSE to the MSE in normalised units: s_t² (1 without normalisation)."""
+        if self._normalization is not None:
+            return self._normalization[3] ** 2
+        scale = self.config.target_scale or self.config.activation_scale
+        return float(scale) ** 2 if scale else 1.0
+
+    def fold_normalization(self) -> None:
+        """Fold the training normalisation into the weights (in place): the model then reads raw hidden states
+        with the same outputs, and its config records `activation_scale` / `target_scale`. No-op without one."""
+        if self._normalization is None:
+            return
+        input_mean, input_scale, target_mean, target_scale = self._normalization
+        fold_affine_into_encoder(self.encoder, input_mean, input_scale)
+        fold_affine_into_decoder(self.decoder, target_mean, target_scale)
+        self._normalization = None
+        self.config.activation_scale = input_scale
+        self.config.target_scale = target_scale if target_scale != input_scale else None
 
     def push_to_hub(self, repo_id: str, *, subfolder: str | None = None, eval_results: dict[str, Any] | None = None,
                     commit_message: str | None = None, commit_description: str | None = None, private: bool | None = None,

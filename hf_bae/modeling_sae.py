@@ -29,7 +29,8 @@ class SAEOutput(ModelOutput):
         latents: feature activations after the sparsifying non-linearity, `[..., m]`.
         pre_activations: encoder outputs, `[..., m]`.
         reconstruction_loss: element-mean squared error against the target.
-        l1_loss: L1 norm of the latents (before weighting).
+        l1_loss: L1 norm of the latents (before weighting; weighted by decoder norms with `l1_decoder_norm`).
+        auxk_loss: TopK's auxiliary dead-latent loss (before weighting), when dead latents were given.
     """
 
     loss: torch.FloatTensor | None = None
@@ -38,6 +39,7 @@ class SAEOutput(ModelOutput):
     pre_activations: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     l1_loss: torch.FloatTensor | None = None
+    auxk_loss: torch.FloatTensor | None = None
 
 
 def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -50,6 +52,27 @@ def legacy_topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
     """The original code's TopK: keep pre where pre >= the k-th largest value (negatives and ties survive)."""
     kth = torch.topk(pre, k, dim=-1).values[..., -1:]
     return pre * (pre >= kth).to(pre.dtype)
+
+
+def auxk_loss(pre: torch.Tensor, dead_mask: torch.Tensor, residual: torch.Tensor, target: torch.Tensor,
+              decoder_weight: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """Gao et al. (2024)'s auxiliary loss, as EleutherAI sparsify computes it.
+
+    The `k_aux` largest ReLU pre-activations among the dead latents reconstruct `residual` (target −
+    reconstruction, detached) through the decoder without its bias; the squared error is divided by
+    the target's total variance and scaled by min(#dead / k_aux, 1).
+    """
+    num_dead = int(dead_mask.sum())
+    if num_dead == 0:
+        return pre.new_zeros(())
+    scale = min(num_dead / k_aux, 1.0)
+    k = min(k_aux, num_dead)
+    masked = torch.where(dead_mask, torch.relu(pre), torch.full_like(pre, -torch.inf))
+    values, indices = masked.topk(k, dim=-1, sorted=False)
+    latents = torch.zeros_like(pre).scatter(-1, indices, values)
+    estimate = latents @ decoder_weight.T
+    total_variance = (target - target.mean(0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
+    return scale * (estimate - residual).pow(2).sum() / total_variance
 
 
 def latent_activation(config: SAEConfig):
@@ -90,7 +113,7 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
 
     def pre_activations(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Encoder outputs before the non-linearity, `[..., m]`."""
-        return self.encoder(self._check(hidden_states, self.config.hidden_size, "hidden_states"))
+        return self.encoder(self._normalize_input(self._check(hidden_states, self.config.hidden_size, "hidden_states")))
 
     def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Feature activations `[..., m]` of `[..., d]` hidden states."""
@@ -99,7 +122,7 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Reconstruction from `[..., m]` feature activations."""
         latents = self._check(latents, self.config.num_latents, "latents")
-        return output_activation(self.config.output_activation)(self.decoder(latents))
+        return output_activation(self.config.output_activation)(self._denormalize_output(self.decoder(latents)))
 
     def forward(
         self,
@@ -107,6 +130,7 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
         target: torch.Tensor | None = None,
         return_loss: bool = True,
         l1_weight: float | None = None,
+        dead_mask: torch.Tensor | None = None,
     ) -> SAEOutput:
         """Encode, decode and (by default) compute the loss.
 
@@ -116,6 +140,8 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
                 defaults to `hidden_states`.
             return_loss: compute the loss terms.
             l1_weight: override the config's L1 weight for this call (used by the L1 warm-up).
+            dead_mask: `[m]` booleans, the latents that count as dead (the trainer's count); with a topk
+                activation and `auxk_weight` > 0, adds the auxiliary loss on them.
         """
         pre = self.pre_activations(hidden_states)
         latents = latent_activation(self.config)(pre)
@@ -132,11 +158,27 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
             target = hidden_states
         else:
             target = self._check(target, c.reconstruction_size, "target")
-        output.reconstruction_loss = reconstruction_loss(target, reconstruction)
-        output.l1_loss = l1_penalty(latents, c.l1_reduction)
+        output.reconstruction_loss = reconstruction_loss(target, reconstruction) * self.loss_scale
+        penalised = latents * self._decoder_norms() if c.l1_decoder_norm else latents
+        output.l1_loss = l1_penalty(penalised, c.l1_reduction)
         l1_weight = c.l1_weight if l1_weight is None else l1_weight
-        output.loss = output.reconstruction_loss + l1_weight * output.l1_loss
+        loss = output.reconstruction_loss + l1_weight * output.l1_loss
+        if c.activation == "topk" and c.auxk_weight > 0 and dead_mask is not None:
+            flat_pre = pre.reshape(-1, pre.shape[-1])
+            flat_target = target.reshape(flat_pre.shape[0], -1).to(reconstruction.dtype)
+            scale = self.loss_scale ** 0.5  # the residual in normalised units, as the decoder weight is
+            residual = ((flat_target - reconstruction.reshape(flat_target.shape)) * scale).detach()
+            output.auxk_loss = auxk_loss(flat_pre, dead_mask.to(pre.device), residual, flat_target * scale,
+                                         self.decoder.weight, c.auxk_k or max(1, c.hidden_size // 2))
+            loss = loss + c.auxk_weight * output.auxk_loss
+        output.loss = loss
         return output
+
+    def _decoder_norms(self) -> torch.Tensor:
+        """Norm of each latent's decoder column, in normalised units (as in training) once normalisation is folded."""
+        norms = self.decoder.weight.norm(dim=0)
+        folded = self._normalization is None and (self.config.target_scale or self.config.activation_scale)
+        return norms * (self.loss_scale ** 0.5) if folded else norms
 
 
 SparseAutoencoder.register_for_auto_class("AutoModel")

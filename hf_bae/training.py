@@ -39,14 +39,14 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -57,6 +57,7 @@ from .metrics import DEFAULT_DENSE_THRESHOLD, features_fired
 from .modeling_bae import BinaryAutoencoder
 from .modeling_base import DictionaryPreTrainedModel
 from .modeling_sae import SparseAutoencoder
+from .normalization import encoder_bias_for_rate, normalization_statistics
 from .sources import ActivationSource, CacheSource, LiveSource, SourceBatch, ValidationData
 from .version import __version__
 
@@ -162,6 +163,9 @@ class TrainingArguments:
     cpu: bool = option(False, "Train on the CPU even when an accelerator is available (also for multi-process CPU "
                        "runs: `accelerate launch --multi_gpu --num_processes 2 train.py --cpu`).")
     seed: int = option(0, "Seed of initialisation and data shuffling.")
+    initialization_tokens: int = option(
+        8192, "Tokens of the first training batches on which a new run estimates the normalisation statistics "
+        "(--normalize_activations) and sets the BAE's initial firing rate (--initial_firing_rate).")
     # -- evaluation -----------------------------------------------------------------------------
     validate_every: int = option(500, "Validate every N optimiser steps (and at the end; 0: only at the end).")
     validation_tokens: int = option(8192, "Held-out tokens used for validation.")
@@ -190,7 +194,7 @@ class TrainingArguments:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "gradient_accumulation_steps", "context_length", "lm_batch_size",
-                     "shuffle_rows", "save_total_limit", "log_every", "nan_check_every"):
+                     "shuffle_rows", "save_total_limit", "log_every", "nan_check_every", "initialization_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("max_steps", "max_tokens", "num_epochs", "warmup_steps", "validate_every", "checkpoint_every",
@@ -228,7 +232,8 @@ class TrainingArguments:
 
 # Config fields that describe the data rather than the dictionary: the trainer fills them.
 PROVENANCE_FIELDS = ("hidden_size", "output_size", "base_model", "base_model_revision", "layer", "site",
-                     "output_site", "dataset", "context_length", "token_filter", "hf_bae_version")
+                     "output_site", "dataset", "context_length", "token_filter", "hf_bae_version",
+                     "activation_scale", "target_scale")
 _COMMON_FIELDS = tuple(f.name for f in own_fields(DictionaryConfig))
 
 DictionaryArguments = config_arguments(DictionaryConfig, exclude=PROVENANCE_FIELDS)
@@ -427,6 +432,23 @@ def _make_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.op
                weight_decay=args.weight_decay, fused=True if args.fused_optimizer else None)
 
 
+class _prepend:
+    """`head` then `rest`; `close()` closes `rest` (a live stream removes its hooks), even if never started."""
+
+    def __init__(self, head: list[SourceBatch], rest: Iterator[SourceBatch]):
+        self.head, self.rest = list(head), rest
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> SourceBatch:
+        return self.head.pop(0) if self.head else next(self.rest)
+
+    def close(self) -> None:
+        self.head = []
+        self.rest.close()
+
+
 class Trainer:
     """Trains several dictionaries from one `ActivationSource` with `accelerate` (see the module docstring).
 
@@ -439,15 +461,17 @@ class Trainer:
         language_model, tokenizer: the LM, for the splice metrics (optional).
         run_options: what `training_args.json` records (default: `args`).
         accelerator: an existing `Accelerator` (default: one made from `args`).
+        initialize: at the start of a new run, estimate each dictionary's normalisation and set a BAE's
+            initial firing rate from the first batches (False for dictionaries that are already trained).
     """
 
     def __init__(self, args: TrainingArguments, dictionaries: dict[str, DictionaryPreTrainedModel],
                  source: ActivationSource, *, inputs: dict[str, tuple[str, str | None]] | None = None,
                  language_model=None, tokenizer=None, run_options: dict[str, Any] | None = None,
-                 accelerator: Accelerator | None = None):
+                 accelerator: Accelerator | None = None, initialize: bool = True):
         if not dictionaries:
             raise ValueError("No dictionaries to train.")
-        self.args, self.source = args, source
+        self.args, self.source, self.initialize = args, source, initialize
         self.language_model, self.tokenizer = language_model, tokenizer
         self.run_options = dict(run_options) if run_options is not None else dataclasses.asdict(args)
         self.run_options["dictionaries"] = list(dictionaries)
@@ -571,6 +595,12 @@ class Trainer:
         rank = acc.process_index
         tensors = {f"data.{k}": v.detach().cpu().contiguous() for k, v in self.data_tensors.items()}
         tensors.update({f"since_fired.{e.name}": e.since_fired.cpu() for e in self.entries})
+        for e in self.entries:
+            norm = self._unwrap(e).normalization
+            if norm is not None:
+                tensors[f"normalization.{e.name}.input_mean"] = norm[0].cpu().clone()
+                tensors[f"normalization.{e.name}.target_mean"] = norm[2].cpu().clone()
+                tensors[f"normalization.{e.name}.scales"] = torch.tensor([norm[1], norm[3]], dtype=torch.float64)
         save_file(tensors, str(tmp / f"data_state_{rank}.safetensors"))
         (tmp / f"data_state_{rank}.json").write_text(json.dumps({"state": self.data_state, "epoch": self.epoch}))
         acc.wait_for_everyone()
@@ -607,6 +637,10 @@ class Trainer:
         self.data_tensors = {k[len("data."):]: v for k, v in tensors.items() if k.startswith("data.")}
         for e in self.entries:
             e.since_fired = tensors[f"since_fired.{e.name}"].to(acc.device)
+            if f"normalization.{e.name}.scales" in tensors:
+                scales = tensors[f"normalization.{e.name}.scales"].tolist()
+                self._unwrap(e).set_normalization(tensors[f"normalization.{e.name}.input_mean"], scales[0],
+                                                  tensors[f"normalization.{e.name}.target_mean"], scales[1])
         self._last_checkpoint_step = self.step
         if acc.is_main_process:  # the interrupted run may have logged past its last checkpoint
             for e in self.entries:
@@ -615,6 +649,56 @@ class Trainer:
                     lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
                     log.write_text("".join(ln + "\n" for ln in lines))
         acc.wait_for_everyone()
+
+    # -- data-dependent initialisation -------------------------------------------------------------
+    def _initialize_from_data(self, batches: Iterator[SourceBatch]) -> Iterator[SourceBatch]:
+        """Normalisation statistics and the BAE's initial firing rate, from the first training batches.
+
+        Each process estimates on its own batches, then every process takes rank 0's values, so that the
+        replicas stay identical. Returns the stream with those batches put back in front: training still
+        sees every batch once, in the same order, and a live source runs the LM only once.
+        """
+        a, acc = self.args, self.accelerator
+        todo = []
+        for e in self.entries:
+            c = self._unwrap(e).config
+            normalize = c.normalize_activations != "none" and c.activation_scale is None
+            rate = getattr(c, "initial_firing_rate", None) if c.encoder_bias else None
+            if normalize or rate:
+                todo.append((e, normalize, rate))
+        if not todo:
+            return batches
+        head: list[SourceBatch] = []
+        for batch in batches:
+            head.append(batch)
+            if len(head) * a.batch_size >= a.initialization_tokens:
+                break
+        if not head:
+            batches.close()
+            raise ValueError("Training ended before its first step: the source yielded no full batch of "
+                             f"{a.batch_size} tokens per process. Provide more data or lower --batch_size.")
+        sample = {k: torch.cat([b.activations[k] for b in head]).to(acc.device) for k in head[0].activations}
+        for e, normalize, rate in todo:
+            model = self._unwrap(e)
+            x = sample[e.input_key]
+            if normalize:
+                center = model.config.normalize_activations == "center_scale"
+                mean, scale = normalization_statistics(x, center)
+                target_mean, target_scale = (normalization_statistics(sample[e.target_key], center)
+                                             if e.target_key is not None else (mean, scale))
+                if acc.num_processes > 1:
+                    mean, target_mean = broadcast(mean.contiguous()), broadcast(target_mean.contiguous())
+                    scale, target_scale = broadcast(torch.tensor([scale, target_scale], device=acc.device,
+                                                                 dtype=torch.float64)).tolist()
+                model.set_normalization(mean, scale, target_mean, target_scale)
+            if rate:
+                with torch.no_grad():
+                    pre = model._normalize_input(x.to(model.encoder.weight.dtype)) @ model.encoder.weight.T
+                    bias = encoder_bias_for_rate(pre, rate).to(model.encoder.bias.dtype)
+                    if acc.num_processes > 1:
+                        bias = broadcast(bias.contiguous())
+                    model.encoder.bias.copy_(bias)
+        return _prepend(head, batches)
 
     # -- one step -------------------------------------------------------------------------------
     def _forward_backward(self, batch: SourceBatch) -> list[torch.Tensor]:
@@ -636,7 +720,9 @@ class Trainer:
             else:
                 on = penalty_active(self.step, self.tokens, batch.epoch, a.l1_start_step, a.l1_start_tokens,
                                     a.l1_start_epoch)
-                out = e.model(x, target=target, l1_weight=None if on else 0.0)
+                c = self._unwrap(e).config
+                dead = e.since_fired >= c.auxk_dead_tokens if c.activation == "topk" and c.auxk_weight > 0 else None
+                out = e.model(x, target=target, l1_weight=None if on else 0.0, dead_mask=dead)
                 fired = out.latents
                 extra = (None, None, out.l1_loss)
             acc.backward(out.loss)
@@ -802,6 +888,8 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
                    disable=not (a.progress and acc.is_main_process))
         batches = self.source.batches(a.batch_size, self.data_state, self.data_tensors)
+        if self.resume_from is None and self.initialize:
+            batches = self._initialize_from_data(batches)
         window_start, window_steps, self._tokens_per_s = time.perf_counter(), 0, 0.0
         lr = a.learning_rate
         try:
@@ -885,6 +973,8 @@ class Trainer:
 
     def _finish(self) -> None:
         acc = self.accelerator
+        for e in self.entries:  # the saved (and in-memory) dictionaries read raw hidden states
+            self._unwrap(e).fold_normalization()
         if acc.is_main_process:
             from .training_plots import plot_dictionary_run
 

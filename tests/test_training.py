@@ -43,7 +43,7 @@ def data(n=3000, d=D, seed=0):
 
 def args_for(out, **kw):
     base = dict(output_dir=str(out), batch_size=100, max_steps=30, validate_every=0, log_every=5,
-                checkpoint_every=0, progress=False, splice_rows=0, seed=0, plots=False)
+                checkpoint_every=0, progress=False, splice_rows=0, seed=0, plots=False, initialization_tokens=200)
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -289,8 +289,10 @@ def sparse_factors(n, d=32, r=24, p=0.08, seed=0):
 def train_bae(out, entropy_weight, covariance_weight, steps=300):
     x, v = sparse_factors(20000), sparse_factors(2000, seed=1)
     torch.manual_seed(0)
+    # The raw-state setting of the original code, in which these weights were measured.
     bae = BinaryAutoencoder(BAEConfig(hidden_size=32, latent_size=64, entropy_weight=entropy_weight,
-                                      covariance_weight=covariance_weight))
+                                      covariance_weight=covariance_weight, normalize_activations="none",
+                                      initial_firing_rate=None, estimator="legacy_sign_s"))
     args = args_for(out, batch_size=256, max_steps=steps, learning_rate=3e-3, validation_tokens=2000)
     return Trainer(args, {"bae": bae}, TensorSource({"x": x}, {"x": v})).train()["bae"]
 

@@ -10,14 +10,16 @@ states of a language model, side by side on the same tokens, each with its own o
 Single process: `hf-bae train ...`; GPUs: `accelerate launch train.py ...`; two CPU processes: \
 `accelerate launch --multi_gpu --num_processes 2 train.py --cpu ...`. Ctrl-C or SIGTERM saves a checkpoint; \
 the same command with --resume continues exactly where it stopped. The original code's flag names \
-(--lr, --covarience_weight, --inner_expand_rate, ...) are accepted as aliases."""
+(--lr, --covarience_weight, --inner_expand_rate, ...) are accepted as aliases, and --preset original \
+reproduces its setting (raw hidden states, default init, sign_s, weights 1e-7)."""
 
 
 def parse_args(argv: Sequence[str] | None):
     """The four option groups (training, every dictionary, BAE, SAE) parsed from `argv`."""
+    from ..presets import PRESETS
     from ..training import ARGUMENT_CLASSES
 
-    return parse(ARGUMENT_CLASSES, argv, prog="hf-bae train", description=DESCRIPTION)
+    return parse(ARGUMENT_CLASSES, argv, prog="hf-bae train", description=DESCRIPTION, presets=PRESETS)
 
 
 def main(argv: Sequence[str]) -> int:

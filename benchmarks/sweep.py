@@ -36,19 +36,11 @@ BAE_NO_COVARIANCE = {"covariance_weight": 0.0}
 
 GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
     "probe": {
-        "bae_original": ("bae", dict(ORIGINAL_BAE)),
-        "bae_original_scaled": ("bae", {**ORIGINAL_BAE, "normalize_activations": "center_scale"}),
-        "bae_no_rate_init": ("bae", {"initial_firing_rate": None}),
-        "bae_scale_only": ("bae", {"normalize_activations": "scale"}),
-        "bae_default": ("bae", {}),
-        "bae_rate_0.02": ("bae", {"initial_firing_rate": 0.02}),
-        "bae_ent_1e-3": ("bae", {"entropy_weight": 1e-3}),
-        "bae_ent_3e-2": ("bae", {"entropy_weight": 3e-2}),
-        "bae_cov_1e-4": ("bae", {"covariance_weight": 1e-4}),
-        "bae_no_cov": ("bae", BAE_NO_COVARIANCE),
-        "bae_legacy_sign_s": ("bae", {"estimator": "legacy_sign_s"}),
-        "bae_sigmoid": ("bae", {"estimator": "sigmoid"}),
-        "topk_32": ("topk", {"k": 32}),
+        "bae": ("bae", {}),
+        "bae_bias_lr_10": ("bae", {"encoder_bias_lr_scale": 10.0}),
+        "bae_bias_lr_30": ("bae", {"encoder_bias_lr_scale": 30.0}),
+        "bae_bias_lr_30_ent_1e-3": ("bae", {"encoder_bias_lr_scale": 30.0, "entropy_weight": 1e-3}),
+        "bae_bias_lr_30_no_cov": ("bae", {"encoder_bias_lr_scale": 30.0, "covariance_weight": 0.0}),
     },
     "full": {
         "bae_ent_1e-3": ("bae", {"entropy_weight": 1e-3}),

@@ -113,6 +113,14 @@ class DictionaryConfig(PretrainedConfig):
                                           "center_scale" if self.encoder_bias and self.decoder_bias else "scale")
         self._validate()
 
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> "DictionaryConfig":
+        """A config from preset `name` (`hf_bae.presets`: "default", "original"), with `kwargs` over it."""
+        from .presets import preset_values
+
+        fields = {f.name for f in own_fields(cls)}
+        return cls(**{**{k: v for k, v in preset_values(name).items() if k in fields}, **kwargs})
+
     # -- derived sizes -------------------------------------------------------------------------
     @property
     def num_latents(self) -> int:
@@ -205,12 +213,24 @@ class BAEConfig(DictionaryConfig):
         choices=BITS,
     )
     estimator: str = option(
-        "legacy_sign_s",
-        "Gradient estimator of the step function: legacy_sign_s (original code, g*(1-g); default, used by the published results), "
-        "identity (straight-through), sigmoid (derivative of sigmoid(x/T)), squarewave (periodic step).",
+        "identity",
+        "Gradient estimator of the step function: identity (straight-through; default), legacy_sign_s (the original "
+        "code's g*(1-g), in practice straight-through; used by the published results), sigmoid (derivative of "
+        "sigmoid(x/T)), squarewave (periodic step).",
         aliases=["--binarization_type"],
     )
     estimator_temperature: float = option(1.0, "Temperature T of the sigmoid estimator.")
+    encoder_bias_lr_scale: float = option(
+        10.0, "The encoder bias learns at this multiple of the learning rate. The biases set the codes' firing rates, "
+        "which the entropy term lowers one Adam step (about lr) at a time, while the reconstruction turns the "
+        "encoder rows towards high-variance directions, where a given bias fires more often.")
+    unit_norm_encoder: bool = option(
+        True,
+        "After each optimiser step, rescale each code's encoder row and bias to a unit-norm row. The step function "
+        "does not see the scale (1[w.x + b > 0] = 1[c w.x + c b > 0] for c > 0), so the codes are unchanged; but "
+        "without it the reconstruction grows the rows' norms faster than the entropy term lowers the biases, "
+        "and the codes become denser as training goes on. The original code has no such step.",
+    )
     initial_firing_rate: float | None = option(
         0.05,
         "At the start of training, set the encoder bias so that each code fires on this fraction of the first "
@@ -218,9 +238,12 @@ class BAEConfig(DictionaryConfig):
         "under the entropy term, whose gradient pushes every code away from a rate of 0.5.",
     )
     squarewave_cycle: float = option(2.0, "Period c of the squarewave binarization.", aliases=["--cycle_for_squarewave"])
-    entropy_weight: float = option(1e-7, "Weight of the minibatch entropy term (bits, summed over codes).")
+    entropy_weight: float = option(
+        1e-3, "Weight of the minibatch entropy term (bits, summed over codes), against the MSE of normalised "
+        "activations (normalize_activations); the original code's 1e-7 was for raw Llama-3.2 hidden states.")
     covariance_weight: float = option(
-        1e-7, "Weight of the covariance penalty sum_{i!=j} |Cov(h_i, h_j)|.", aliases=["--covarience_weight"]
+        1e-5, "Weight of the covariance penalty sum_{i!=j} |Cov(h_i, h_j)| (original code: 1e-7).",
+        aliases=["--covarience_weight"]
     )
     entropy_threshold: float = option(
         0.0, "The entropy term is switched off (0) while the batch entropy is below this many bits (0 keeps it always on)."
@@ -257,6 +280,9 @@ class BAEConfig(DictionaryConfig):
         super()._validate()
         _check_choice("estimator", self.estimator, ESTIMATORS)
         _check_choice("bits", self.bits, BITS)
+        if not (isinstance(self.encoder_bias_lr_scale, (int, float)) and math.isfinite(self.encoder_bias_lr_scale)
+                and self.encoder_bias_lr_scale > 0):
+            raise ValueError(f"encoder_bias_lr_scale must be a finite number > 0, got {self.encoder_bias_lr_scale!r}.")
         if self.initial_firing_rate is not None and not 0 < self.initial_firing_rate < 1:
             raise ValueError(f"initial_firing_rate must be in (0, 1) or None, got {self.initial_firing_rate}.")
         if self.estimator_temperature <= 0:

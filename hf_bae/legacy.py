@@ -145,6 +145,8 @@ def config_from_original_params(
             covariance_weight=float(params.get("covarience_weight", params.get("covariance_weight", 1e-7))),
             entropy_threshold=float(params.get("entropy_threshold", 0.0)),
             initial_firing_rate=None,
+            unit_norm_encoder=False,
+            encoder_bias_lr_scale=1.0,
         )
     activation = str(params.get("inner_activation", "relu"))
     if activation not in LEGACY_SAE_ACTIVATIONS:

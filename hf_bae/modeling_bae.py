@@ -128,6 +128,15 @@ class BinaryAutoencoder(DictionaryPreTrainedModel):
         return (self.config.decoder_implementation == "sparse" and self.config.bits == 1 and codes.dim() >= 2
                 and not torch.is_autocast_enabled(codes.device.type))
 
+    @torch.no_grad()
+    def normalize_encoder_rows(self) -> None:
+        """Rescale each encoder row (and its bias) to unit norm, in place: the codes do not change (see
+        `BAEConfig.unit_norm_encoder`); the training loop calls it after each optimiser step."""
+        norms = self.encoder.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.encoder.weight.div_(norms)
+        if self.encoder.bias is not None:
+            self.encoder.bias.div_(norms.squeeze(1))
+
     def forward(
         self,
         hidden_states: torch.Tensor,

@@ -14,7 +14,9 @@ from typing import Any
 
 # Fields of every dictionary config.
 ORIGINAL_DICTIONARY: dict[str, Any] = {"normalize_activations": "none"}
-ORIGINAL_BAE: dict[str, Any] = {**ORIGINAL_DICTIONARY, "initial_firing_rate": None, "estimator": "legacy_sign_s",
+ORIGINAL_BAE: dict[str, Any] = {**ORIGINAL_DICTIONARY, "initial_firing_rate": None, "unit_norm_encoder": False,
+                                "encoder_bias_lr_scale": 1.0,
+                                "estimator": "legacy_sign_s",
                                 "entropy_weight": 1e-7, "covariance_weight": 1e-7}
 ORIGINAL_SAE: dict[str, Any] = {**ORIGINAL_DICTIONARY, "l1_weight": 0.0, "l1_reduction": "sum",
                                 "l1_decoder_norm": False, "auxk_weight": 0.0}

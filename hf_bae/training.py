@@ -428,8 +428,14 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
 
 def _make_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-               weight_decay=args.weight_decay, fused=True if args.fused_optimizer else None)
+    scale = getattr(model.config, "encoder_bias_lr_scale", 1.0)
+    bias = model.encoder.bias if scale != 1.0 else None
+    groups = [{"params": [p for p in model.parameters() if p is not bias], "lr_scale": 1.0}]
+    if bias is not None:  # a group of its own only when it differs: the original's optimiser state stays as it was
+        groups.append({"params": [bias], "lr_scale": scale})
+    return cls([{**g, "lr": args.learning_rate * g["lr_scale"]} for g in groups], lr=args.learning_rate,
+               betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay,
+               fused=True if args.fused_optimizer else None)
 
 
 class _prepend:
@@ -668,10 +674,12 @@ class Trainer:
                 todo.append((e, normalize, rate))
         if not todo:
             return batches
+        # A short run never reads ahead more batches than it will train on.
+        wanted = min(a.initialization_tokens, a.max_steps * a.batch_size) if a.max_steps else a.initialization_tokens
         head: list[SourceBatch] = []
         for batch in batches:
             head.append(batch)
-            if len(head) * a.batch_size >= a.initialization_tokens:
+            if len(head) * a.batch_size >= wanted:
                 break
         if not head:
             batches.close()
@@ -698,6 +706,8 @@ class Trainer:
                     if acc.num_processes > 1:
                         bias = broadcast(bias.contiguous())
                     model.encoder.bias.copy_(bias)
+            if getattr(model.config, "unit_norm_encoder", False):
+                model.normalize_encoder_rows()  # the codes are unchanged; training keeps the rows at unit norm
         return _prepend(head, batches)
 
     # -- one step -------------------------------------------------------------------------------
@@ -787,7 +797,7 @@ class Trainer:
         lr = learning_rate_at(self.step, a.learning_rate, a.lr_scheduler, a.warmup_steps, total)
         for e in self.entries:
             for group in e.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     # -- logging --------------------------------------------------------------------------------
@@ -928,6 +938,8 @@ class Trainer:
                             for e in self.entries:
                                 e.optimizer.step()
                                 e.optimizer.zero_grad(set_to_none=True)
+                                if e.is_bae and self._unwrap(e).config.unit_norm_encoder:
+                                    self._unwrap(e).normalize_encoder_rows()
                 self.data_state, self.data_tensors = pending[-1].state, pending[-1].tensors
                 self.step += 1
                 self.tokens += self.tokens_per_step

@@ -11,8 +11,17 @@ def test_sizes_and_defaults():
     c = BAEConfig(hidden_size=576)
     assert c.num_latents == 4 * 576 and c.num_codes == 4 * 576
     assert BAEConfig(hidden_size=8, latent_size=20, bits=4).num_codes == 80
-    assert c.estimator == "legacy_sign_s" and c.decoder_bias and c.encoder_bias
-    assert (c.entropy_weight, c.covariance_weight, c.entropy_threshold) == (1e-7, 1e-7, 0.0)
+    # The defaults are the recipe of benchmarks/sweep.py; the "original" preset gives the original code's.
+    assert c.estimator == "identity" and c.decoder_bias and c.encoder_bias
+    assert (c.entropy_weight, c.covariance_weight, c.entropy_threshold) == (1e-3, 1e-5, 0.0)
+    assert (c.normalize_activations, c.initial_firing_rate) == ("center_scale", 0.05)
+    o = BAEConfig.from_preset("original", hidden_size=576)
+    assert o.estimator == "legacy_sign_s" and (o.entropy_weight, o.covariance_weight) == (1e-7, 1e-7)
+    assert (o.normalize_activations, o.initial_firing_rate) == ("none", None)
+    s = SAEConfig.from_preset("original", hidden_size=8, l1_weight=1e-3)
+    assert (s.l1_weight, s.l1_reduction, s.l1_decoder_norm, s.auxk_weight) == (1e-3, "sum", False, 0.0)
+    with pytest.raises(ValueError, match="Unknown preset 'nope'"):
+        BAEConfig.from_preset("nope")
 
 
 @pytest.mark.parametrize("legacy, ours", [("sign", "identity"), ("sign_s", "legacy_sign_s"), ("squarewave", "squarewave")])
@@ -25,7 +34,7 @@ def test_every_own_field_is_written_and_read_back(tmp_path):
     c.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     # Fields equal to their defaults are written too: the card and the reader need all of them.
-    assert saved["hf_bae_version"] == __version__ and saved["entropy_weight"] == 1e-7
+    assert saved["hf_bae_version"] == __version__ and saved["entropy_weight"] == 1e-3
     assert saved["layer"] == 5 and saved["site"] == "mlp_out" and saved["bits"] == 2
     again = BAEConfig.from_pretrained(tmp_path)
     assert again.to_dict() == c.to_dict()

@@ -178,3 +178,30 @@ def test_auxk_gives_dead_latents_a_gradient():
     never = (plain.encode(x) == 0).all(0) & dead
     assert never.any()
     assert (grads[never] > 0).all() and (plain.encoder.weight.grad.abs().sum(-1)[never] == 0).all()
+
+
+def test_unit_norm_encoder_rows_leave_the_codes_unchanged():
+    torch.manual_seed(0)
+    bae = BinaryAutoencoder(BAEConfig(hidden_size=D))
+    x = torch.randn(500, D)
+    before = bae.encode(x)
+    bae.normalize_encoder_rows()
+    assert torch.allclose(bae.encoder.weight.norm(dim=1), torch.ones(bae.config.num_codes))
+    assert (bae.encode(x) != before).float().mean() < 1e-3  # only rounding at an exact tie could flip a code
+
+
+def test_training_keeps_unit_rows_and_gives_the_bias_its_own_learning_rate(tmp_path):
+    x = raw_states()
+    for scale in (1.0, 30.0):
+        AcceleratorState._reset_state(True)
+        torch.manual_seed(0)
+        model = BinaryAutoencoder(BAEConfig(hidden_size=D, encoder_bias_lr_scale=scale, normalize_activations="scale"))
+        trainer = Trainer(args_for(tmp_path / str(scale), max_steps=5), {"bae": model}, TensorSource({"x": x}))
+        trainer._finish = lambda: None  # keep the unfolded weights to look at
+        trainer.train()
+        norms = model.encoder.weight.norm(dim=1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+        groups = trainer.entries[0].optimizer.param_groups
+        assert [g["lr"] for g in groups] == ([5e-4] if scale == 1.0 else [5e-4, 5e-4 * scale])
+    with pytest.raises(ValueError, match="encoder_bias_lr_scale"):
+        BAEConfig(encoder_bias_lr_scale=0.0)

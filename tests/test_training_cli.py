@@ -40,6 +40,39 @@ def test_original_flags_are_accepted():
     assert built.config.estimator == "identity" and built.config.num_latents == 16  # 'sign' -> identity
 
 
+def test_preset_original_gives_the_original_setting_and_flags_still_win():
+    args, dictionary, bae, sae = train_cli.parse_args(["--preset", "original", "--entropy_weight", "3e-7"])
+    assert (dictionary.normalize_activations, bae.initial_firing_rate, bae.estimator) == ("none", None, "legacy_sign_s")
+    assert (bae.entropy_weight, bae.covariance_weight) == (3e-7, 1e-7)
+    assert (sae.l1_weight, sae.l1_reduction, sae.l1_decoder_norm, sae.auxk_weight) == (0.0, "sum", False, 0.0)
+    # Without the preset: the measured recipe.
+    _, dictionary, bae, sae = train_cli.parse_args([])
+    assert (dictionary.normalize_activations, bae.initial_firing_rate, bae.estimator) == ("auto", 0.05, "identity")
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(["--preset", "nope"])
+
+
+def test_original_preset_step_is_the_original_loss_bit_for_bit():
+    # With the preset, the model is the original's: raw states, MSE + 1e-7 H + 1e-7 sum|cov|, sign_s backward.
+    from hf_bae import BAEConfig, BinaryAutoencoder
+    from hf_bae.binarize import binarize
+    from hf_bae.losses import covariance_penalty, minibatch_entropy, reconstruction_loss
+
+    torch.manual_seed(0)
+    bae = BinaryAutoencoder(BAEConfig.from_preset("original", hidden_size=12))
+    x = 7.0 * torch.randn(64, 12)
+    out = bae(x)
+    out.loss.backward()
+    ours = [p.grad.clone() for p in bae.parameters()]
+    bae.zero_grad()
+    codes = binarize(x @ bae.encoder.weight.T + bae.encoder.bias, "legacy_sign_s")
+    reference = (reconstruction_loss(x, bae.decoder(codes)) + 1e-7 * minibatch_entropy(codes)
+                 + 1e-7 * covariance_penalty(codes, binary=True))
+    reference.backward()
+    assert torch.equal(out.loss, reference)
+    assert all(torch.equal(a, p.grad) for a, p in zip(ours, bae.parameters()))
+
+
 def test_every_field_has_help_and_the_help_explains(capsys):
     import dataclasses
 

@@ -40,7 +40,7 @@ def main() -> None:
 
     args = TrainingArguments(output_dir=opts.output_dir, max_steps=opts.max_steps, batch_size=64, validate_every=20,
                              log_every=5, checkpoint_every=opts.checkpoint_every, resume=opts.resume, progress=False,
-                             cpu=opts.cpu, seed=0)
+                             cpu=opts.cpu, seed=0, initialization_tokens=64)  # one batch: the log stays per-step
     accelerator = make_accelerator(args)
     rank, world = accelerator.process_index, accelerator.num_processes
 

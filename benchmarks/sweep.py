@@ -7,12 +7,13 @@ code entropy, CE-loss score and KL with the reconstruction spliced into the lang
 binary codes, how independent they are (mean |correlation| and the largest pairwise mutual information
 between live codes). Writes `OUTPUT_DIR/results.json`, `results.md` and `plots/*.png`.
 
-    hf-bae harvest --output_dir runs/cache --sites layers.6.resid_post layers.20.resid_post --num_tokens 1150000 --dtype float16
+    hf-bae harvest --output_dir runs/cache --sites layers.6.resid_post layers.20.resid_post --num_tokens 1050000 --dtype float16
     python benchmarks/sweep.py --cache runs/cache --layer 6 --grid full --output_dir runs/sweep_l6
 
-Grids (`--grid`, see GRIDS below): `probe` (BAE recipe hypotheses), `full` (the BAE at 1, 2 and 4 bits and
-the baselines over their sparsity knobs), `seeds` (the default BAE, three seeds), `late` (a smaller full grid
-for a second layer). `--only NAME ...` trains a subset.
+Grids (`--grid`, see GRIDS below): `probe` (BAE recipe hypotheses), `full` (the default BAE over three
+seeds, its ablations, the BAE at 1, 2 and 4 bits, the original setting, and the baselines over their
+sparsity knobs), `late` (a smaller full grid for a second layer, same loss weights), `long` (the default
+BAE against TopK at a similar L0 over a longer budget). `--only NAME ...` trains a subset.
 """
 
 from __future__ import annotations
@@ -37,31 +38,40 @@ BAE_NO_COVARIANCE = {"covariance_weight": 0.0}
 GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
     "probe": {
         "bae": ("bae", {}),
-        "bae_bias_lr_10": ("bae", {"encoder_bias_lr_scale": 10.0}),
+        "bae_bias_lr_1": ("bae", {"encoder_bias_lr_scale": 1.0}),
         "bae_bias_lr_30": ("bae", {"encoder_bias_lr_scale": 30.0}),
-        "bae_bias_lr_30_ent_1e-3": ("bae", {"encoder_bias_lr_scale": 30.0, "entropy_weight": 1e-3}),
-        "bae_bias_lr_30_no_cov": ("bae", {"encoder_bias_lr_scale": 30.0, "covariance_weight": 0.0}),
+        "bae_no_unit_norm": ("bae", {"unit_norm_encoder": False}),
+        "bae_no_cov": ("bae", BAE_NO_COVARIANCE),
     },
     "full": {
-        "bae_ent_1e-3": ("bae", {"entropy_weight": 1e-3}),
-        "bae": ("bae", {}),
-        "bae_ent_3e-2": ("bae", {"entropy_weight": 3e-2}),
+        "bae": ("bae", DEFAULT_BAE),
+        "bae_seed1": ("bae", {"_seed": 1}),
+        "bae_seed2": ("bae", {"_seed": 2}),
+        "bae_ent_3e-4": ("bae", {"entropy_weight": 3e-4}),
+        "bae_ent_1e-2": ("bae", {"entropy_weight": 1e-2}),
+        "bae_bias_lr_1": ("bae", {"encoder_bias_lr_scale": 1.0}),
+        "bae_bias_lr_30": ("bae", {"encoder_bias_lr_scale": 30.0}),
         "bae_no_cov": ("bae", BAE_NO_COVARIANCE),
         "bae_2bit": ("bae", {"bits": 2}),
         "bae_4bit": ("bae", {"bits": 4}),
         "bae_original": ("bae", dict(ORIGINAL_BAE)),
         **{f"topk_{k}": ("topk", {"k": k}) for k in (8, 16, 32, 64, 128)},
+        "topk_32_no_auxk": ("topk", {"k": 32, "auxk_weight": 0.0}),
         **{f"relu_{w:g}": ("relu", {"l1_weight": w}) for w in (0.003, 0.01, 0.03)},
         "jumprelu": ("jumprelu", {}),
     },
-    "seeds": {f"bae_seed{s}": ("bae", {"_seed": s}) for s in (0, 1, 2)},
     "late": {
-        "bae": ("bae", {}),
+        "bae": ("bae", DEFAULT_BAE),
         "bae_no_cov": ("bae", BAE_NO_COVARIANCE),
         "bae_2bit": ("bae", {"bits": 2}),
         **{f"topk_{k}": ("topk", {"k": k}) for k in (16, 32, 64)},
         "relu_0.01": ("relu", {"l1_weight": 0.01}),
         "jumprelu": ("jumprelu", {}),
+    },
+    "long": {
+        "bae": ("bae", DEFAULT_BAE),
+        "topk_64": ("topk", {"k": 64}),
+        "topk_128": ("topk", {"k": 128}),
     },
 }
 _ACTIVATION = {"topk": "topk", "relu": "relu", "jumprelu": "jumprelu"}

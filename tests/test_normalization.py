@@ -72,7 +72,7 @@ def test_folding_keeps_the_outputs_on_raw_states(kind):
 def test_a_trained_model_saved_and_reloaded_matches_the_in_memory_one_on_raw_states(tmp_path):
     x = raw_states()
     torch.manual_seed(0)
-    models = {"bae": BinaryAutoencoder(BAEConfig(hidden_size=D, entropy_weight=1e-2, covariance_weight=0.0)),
+    models = {"bae": BinaryAutoencoder(BAEConfig(hidden_size=D, covariance_weight=0.0)),
               "topk": SparseAutoencoder(SAEConfig(hidden_size=D, activation="topk", k=4))}
     Trainer(args_for(tmp_path, learning_rate=1e-2, max_steps=50), models,
             TensorSource({"x": x[:2500]}, {"x": x[2500:]})).train()

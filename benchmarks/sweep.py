@@ -28,6 +28,7 @@ import torch
 
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
 from hf_bae.activations import ActivationCache, load_language_model
+from hf_bae.entropy import EntropyAccumulator, encode_codes
 from hf_bae.presets import ORIGINAL_BAE
 from hf_bae.sources import CacheSource
 from hf_bae.training import Trainer, TrainingArguments
@@ -52,8 +53,9 @@ GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
         "bae_bias_lr_1": ("bae", {"encoder_bias_lr_scale": 1.0}),
         "bae_bias_lr_30": ("bae", {"encoder_bias_lr_scale": 30.0}),
         "bae_no_cov": ("bae", BAE_NO_COVARIANCE),
-        "bae_2bit": ("bae", {"bits": 2}),
-        "bae_4bit": ("bae", {"bits": 4}),
+        # The same 2,304 codes per token: 1,152 two-bit or 576 four-bit features.
+        "bae_2bit": ("bae", {"bits": 2, "expansion_factor": 2}),
+        "bae_4bit": ("bae", {"bits": 4, "expansion_factor": 1}),
         "bae_original": ("bae", dict(ORIGINAL_BAE)),
         **{f"topk_{k}": ("topk", {"k": k}) for k in (8, 16, 32, 64, 128)},
         "topk_32_no_auxk": ("topk", {"k": 32, "auxk_weight": 0.0}),
@@ -63,7 +65,7 @@ GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
     "late": {
         "bae": ("bae", DEFAULT_BAE),
         "bae_no_cov": ("bae", BAE_NO_COVARIANCE),
-        "bae_2bit": ("bae", {"bits": 2}),
+        "bae_2bit": ("bae", {"bits": 2, "expansion_factor": 2}),
         **{f"topk_{k}": ("topk", {"k": k}) for k in (16, 32, 64)},
         "relu_0.01": ("relu", {"l1_weight": 0.01}),
         "jumprelu": ("jumprelu", {}),
@@ -78,43 +80,28 @@ _ACTIVATION = {"topk": "topk", "relu": "relu", "jumprelu": "jumprelu"}
 
 
 def build(kind: str, options: dict, hidden_size: int, expansion_factor: int, provenance: dict, seed: int):
-    """A fresh dictionary of `kind` with `options` over the config defaults (`_seed` picks its init seed)."""
+    """A fresh dictionary of `kind` with `options` over the config defaults (`_seed` picks its init seed;
+    `expansion_factor` overrides the sweep's)."""
     options = dict(options)
     torch.manual_seed(options.pop("_seed", seed))
-    common = dict(hidden_size=hidden_size, expansion_factor=expansion_factor, **provenance)
+    common = dict(hidden_size=hidden_size, expansion_factor=options.pop("expansion_factor", expansion_factor),
+                  **provenance)
     if kind == "bae":
         return BinaryAutoencoder(BAEConfig(**common, **options))
     return SparseAutoencoder(SAEConfig(**common, activation=_ACTIVATION[kind], **options))
 
 
-@torch.no_grad()
-def independence(model, activations: torch.Tensor, batch_size: int = 4096) -> dict:
-    """Mean |correlation| and the largest pairwise mutual information (bits) between live binary codes."""
-    codes = torch.cat([model.encode(activations[i:i + batch_size]).double() for i in range(0, len(activations),
-                                                                                              batch_size)])
-    n = codes.shape[0]
-    p = codes.mean(0)
-    live = (p > 0) & (p < 1)
-    c = codes[:, live]
-    p = p[live]
-    if c.shape[1] < 2:
-        return {"mean_abs_correlation": float("nan"), "max_pairwise_mi_bits": float("nan"), "live_codes": int(live.sum())}
-    p11 = (c.T @ c) / n
-    cov = p11 - p[:, None] * p[None, :]
-    std = (p * (1 - p)).sqrt()
-    corr = cov / (std[:, None] * std[None, :])
-    off = ~torch.eye(len(p), dtype=torch.bool)
-    # Mutual information of each pair of Bernoulli codes from their joint table.
-    p10 = p[:, None] - p11
-    p01 = p[None, :] - p11
-    p00 = 1 - p11 - p10 - p01
-    mi = torch.zeros_like(p11)
-    for joint, a, b in ((p11, p[:, None], p[None, :]), (p10, p[:, None], 1 - p[None, :]),
-                        (p01, 1 - p[:, None], p[None, :]), (p00, 1 - p[:, None], 1 - p[None, :])):
-        joint = joint.clamp_min(0)
-        mi += torch.where(joint > 0, joint * torch.log2(joint.clamp_min(1e-300) / (a * b)), torch.zeros_like(joint))
-    return {"mean_abs_correlation": float(corr[off].abs().mean()), "max_pairwise_mi_bits": float(mi[off].max()),
-            "live_codes": int(live.sum())}
+def independence(model, activations: torch.Tensor) -> dict:
+    """Mean |correlation| and the largest pairwise mutual information (bits) between all live binary codes,
+    and the Miller–Madow code entropy: `hf_bae.entropy`'s estimator over every code pair."""
+    codes = encode_codes(model, activations)
+    accumulator = EntropyAccumulator(codes.shape[1], bits_per_feature=model.config.bits, num_bootstrap=0,
+                                     correlation_codes=codes.shape[1])
+    accumulator.update(codes)
+    report = accumulator.report()
+    return {"mean_abs_correlation": report.mean_abs_correlation,
+            "max_pairwise_mi_bits": report.max_pairwise_mutual_information_bits,
+            "live_codes": report.live_codes, "miller_madow_bits": report.miller_madow_bits}
 
 
 def firing_entropy_bits(frequencies: torch.Tensor) -> float:
@@ -179,10 +166,41 @@ def plot(results: dict[str, dict], folder: Path, title: str) -> None:
         plt.close(fig)
 
 
+def write_report(summary: dict, out: Path, title: str, timing: str) -> str:
+    """results.json, results.md and plots/ of one sweep summary; returns the Markdown text."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    text = f"{title}; {timing}\n\n{table(summary['dictionaries'])}\n"
+    (out / "results.md").write_text(text)
+    plot(summary["dictionaries"], out / "plots", title)
+    return text
+
+
+def merge(folders: list[str], out: Path) -> int:
+    """One report from several sweeps on the same tokens (e.g. a grid re-run in part after a fix)."""
+    runs = [json.loads((Path(f) / "results.json").read_text()) for f in folders]
+    for key in ("cache", "layer", "site", "training_tokens", "batch_size", "learning_rate", "held_out_tokens"):
+        if len({str(r[key]) for r in runs}) > 1:
+            raise SystemExit(f"sweep.py: error: the runs differ in {key}; only sweeps on the same tokens merge.")
+    dictionaries: dict[str, dict] = {}
+    for r in runs:
+        dictionaries.update(r["dictionaries"])
+    first = runs[0]
+    summary = {**first, "grid": "+".join(r["grid"] for r in runs), "seconds": sum(r["seconds"] for r in runs),
+               "merged_from": list(folders), "dictionaries": dictionaries}
+    title = f"{first['cache']} layer {first['layer']} {first['site']}, {first['training_tokens']:,} tokens"
+    timing = " + ".join(f"{r['seconds'] / 60:.1f} min for {len(r['dictionaries'])}" for r in runs) + " dictionaries"
+    print(write_report(summary, out, title, timing))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", required=True, help="activation cache folder (hf-bae harvest)")
-    parser.add_argument("--layer", type=int, required=True, help="layer of the cache to train on")
+    parser.add_argument("--cache", help="activation cache folder (hf-bae harvest)")
+    parser.add_argument("--layer", type=int, help="layer of the cache to train on")
+    parser.add_argument("--merge", nargs="+", metavar="RUN_DIR",
+                        help="instead of training: one table and plots from these sweeps' results.json (same cache, "
+                             "layer and budget; a later folder's dictionary replaces an earlier one of the same name)")
     parser.add_argument("--site", default="resid_post")
     parser.add_argument("--grid", choices=sorted(GRIDS), default="full")
     parser.add_argument("--only", nargs="*", help="train only these names of the grid")
@@ -197,6 +215,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     opts = parser.parse_args(argv)
+    if opts.merge:
+        return merge(opts.merge, Path(opts.output_dir))
+    if opts.cache is None or opts.layer is None:
+        parser.error("--cache and --layer are needed to train (or give --merge)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
 
@@ -237,14 +259,11 @@ def main(argv=None) -> int:
                "training_tokens": trainer.tokens, "steps": trainer.step, "batch_size": opts.batch_size,
                "learning_rate": opts.learning_rate, "held_out_tokens": int(held_out.shape[0]),
                "seconds": seconds, "threads": torch.get_num_threads(), "dictionaries": results}
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     title = (f"{cache.manifest.model} layer {opts.layer} {opts.site}, {trainer.tokens:,} tokens, "
              f"m = {opts.expansion_factor}d")
-    text = (f"{title}; {seconds / 60:.1f} min for {len(dictionaries)} dictionaries "
-            f"({torch.get_num_threads()} threads); held-out {held_out.shape[0]:,} tokens\n\n{table(results)}\n")
-    (out / "results.md").write_text(text)
-    plot(results, out / "plots", title)
-    print(text)
+    timing = (f"{seconds / 60:.1f} min for {len(dictionaries)} dictionaries ({torch.get_num_threads()} threads); "
+              f"held-out {held_out.shape[0]:,} tokens")
+    print(write_report(summary, out, title, timing))
     return 0
 
 

@@ -31,6 +31,8 @@ L1_REDUCTIONS = ("sum", "mean")
 DECODER_IMPLEMENTATIONS = ("dense", "sparse")
 NORMALIZATIONS = ("none", "scale", "center_scale")
 _NORMALIZATION_CHOICES = ("auto",) + NORMALIZATIONS
+# The L1 weight an SAE gets when none is given: only the activations that rely on L1 to be sparse.
+DEFAULT_L1_WEIGHTS = {"relu": 0.01, "jumprelu": 0.01}
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
@@ -323,10 +325,10 @@ class SAEConfig(DictionaryConfig):
     )
     k: int = option(10, "Number of active latents for topk / legacy_topk.", aliases=["--topk"])
     jumprelu_threshold: float = option(0.5, "Fixed threshold θ of the jumprelu activation.", aliases=["--theta"])
-    l1_weight: float = option(
-        0.01, "Weight of the L1 penalty on the latents (relu, jumprelu; topk trains without it). The default suits "
-        "normalised activations with l1_reduction=mean and l1_decoder_norm (benchmarks/sweep.py); the original "
-        "code's default was 0.", aliases=["--l1_norm_weight"])
+    l1_weight: float | None = option(
+        None, "Weight of the L1 penalty on the latents. Default: 0.01 for relu and jumprelu (it suits normalised "
+        "activations with l1_reduction=mean and l1_decoder_norm; benchmarks/sweep.py), 0 for the others (topk is "
+        "sparse by construction). The original code's default was 0.", aliases=["--l1_norm_weight"])
     l1_reduction: str = option(
         "mean",
         "How the L1 penalty is reduced: mean (over tokens, summed over latents: independent of the batch size) or sum "
@@ -344,6 +346,11 @@ class SAEConfig(DictionaryConfig):
     auxk_dead_tokens: int = option(
         100_000, "topk only: a latent counts as dead for the auxiliary loss when it fired on none of the last this "
         "many training tokens (per process).")
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.l1_weight is None:  # resolved once, so the saved config says what was trained
+            self.l1_weight = DEFAULT_L1_WEIGHTS.get(self.activation, 0.0)
+        super().__post_init__(**kwargs)
 
     def _validate(self) -> None:
         super()._validate()

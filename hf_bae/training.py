@@ -1123,7 +1123,8 @@ def summarize_run(output_dir: str | Path, results: dict[str, dict[str, float]]) 
     """A short table of the final metrics and where each dictionary, its metrics and plots are."""
     out = Path(output_dir)
     columns = [("fvu", "FVU", "{:.3f}"), ("l0", "L0", "{:.1f}"), ("dead_fraction", "dead", "{:.1%}"),
-               ("dense_fraction", "dense", "{:.1%}"), ("code_entropy_bits", "entropy (bits)", "{:.1f}"),
+               ("dense_fraction", "dense", "{:.1%}"), ("dense_deviation_fraction", "dense (dev)", "{:.1%}"),
+               ("constant_code_fraction", "constant", "{:.1%}"), ("code_entropy_bits", "entropy (bits)", "{:.1f}"),
                ("ce_loss_score", "CE score", "{:.3f}"), ("kl_divergence", "KL (nats)", "{:.4f}")]
     header = ["dictionary"] + [c[1] for c in columns]
     rows = [[name] + [fmt.format(r[k]) if isinstance(r.get(k), (int, float)) else "-" for k, _, fmt in columns]

@@ -290,9 +290,8 @@ def train_bae(out, entropy_weight, covariance_weight, steps=300):
     x, v = sparse_factors(20000), sparse_factors(2000, seed=1)
     torch.manual_seed(0)
     # The raw-state setting of the original code, in which these weights were measured.
-    bae = BinaryAutoencoder(BAEConfig(hidden_size=32, latent_size=64, entropy_weight=entropy_weight,
-                                      covariance_weight=covariance_weight, normalize_activations="none",
-                                      initial_firing_rate=None, estimator="legacy_sign_s"))
+    bae = BinaryAutoencoder(BAEConfig.from_preset("original", hidden_size=32, latent_size=64,
+                                                  entropy_weight=entropy_weight, covariance_weight=covariance_weight))
     args = args_for(out, batch_size=256, max_steps=steps, learning_rate=3e-3, validation_tokens=2000)
     return Trainer(args, {"bae": bae}, TensorSource({"x": x}, {"x": v})).train()["bae"]
 

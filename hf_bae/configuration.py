@@ -17,6 +17,7 @@ from typing import Any
 from packaging import version as _version
 from transformers import PretrainedConfig
 
+from .formats import hookpoint
 from .version import __version__
 
 SITES = ("resid_post", "mlp_in", "mlp_out")
@@ -138,6 +139,16 @@ class DictionaryConfig(PretrainedConfig):
     def is_transcoder(self) -> bool:
         """True when the dictionary reads one site and reconstructs another."""
         return self.output_site is not None and self.output_site != self.site
+
+    @property
+    def hookpoint(self) -> str | None:
+        """Where the dictionary reads, `layers.{layer}.{site}` (None if the layer is not recorded)."""
+        return hookpoint(self.layer, self.site)
+
+    @property
+    def output_hookpoint(self) -> str | None:
+        """Where it reconstructs (a transcoder's `output_site`; else its `hookpoint`)."""
+        return hookpoint(self.layer, self.output_site or self.site)
 
     def describe_source(self) -> str:
         """Human-readable provenance, used in error messages ('layer 5 (resid_post) of meta-llama/...')."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 import os
 import threading
@@ -40,10 +39,8 @@ import numpy as np
 import torch
 
 from .losses import binary_entropy_bits
-from .metrics import DEFAULT_DENSE_THRESHOLD, features_fired
+from .formats import ATLAS_INFO_FILE, DEFAULT_DENSE_THRESHOLD, AtlasInfo, atlas_mismatches, read_atlas_info, site_name
 
-# The atlas-level metadata `hf-bae atlas` writes beside the Arrow data.
-ATLAS_INFO_FILE = "atlas.json"
 TABLE_SORT_KEYS = ("feature", "frequency", "comsem_score", "explanation")
 TABLE_COLUMNS = ["feature", "frequency", "flags", "ComSem score", "samples", "explanation"]
 DEFAULT_MAX_TOKENS = 256
@@ -111,7 +108,8 @@ class Atlas:
 
     REQUIRED_COLUMNS = ("feature", "frequency", "is_dead", "is_dense", "samples")
 
-    def __init__(self, dataset: Any, info: dict[str, Any] | None = None, name: str | None = None, source: str = "<memory>"):
+    def __init__(self, dataset: Any, info: AtlasInfo | dict[str, Any] | None = None, name: str | None = None,
+                 source: str = "<memory>"):
         missing = [c for c in self.REQUIRED_COLUMNS if c not in dataset.column_names]
         if missing:
             raise ValueError(
@@ -123,7 +121,7 @@ class Atlas:
         if getattr(dataset, "_indices", None) is not None:
             dataset = dataset.flatten_indices()  # so that Arrow row i is dataset row i
         self.dataset = dataset
-        self.info = dict(info or {})
+        self.info = info if isinstance(info, AtlasInfo) else AtlasInfo.from_dict(dict(info or {}))
         self.source = source
         self.name = name or self.meta("name", "dictionary_type") or Path(str(source)).name or "atlas"
         self._rows: OrderedDict[int, dict] = OrderedDict()
@@ -145,7 +143,7 @@ class Atlas:
                 raise ValueError(f"{source} is not a saved dataset ({err}). Pass the folder written by `hf-bae atlas`.") from err
             if isinstance(dataset, datasets.DatasetDict):
                 dataset = dataset[next(iter(dataset))]
-            info = _read_info_folder(path)
+            info = read_atlas_info(path, required=False)
         else:
             if source.startswith((".", "/", "~")) or source.count("/") > 1:
                 raise ValueError(f"Atlas folder {source} does not exist.")
@@ -213,12 +211,11 @@ class Atlas:
 
     # -- metadata, with the names `hf-bae atlas` writes ---------------------------------------
     def meta(self, *keys: str) -> Any:
-        """The first of `keys` set in the metadata (or in its `extra` part)."""
-        extra = self.info.get("extra") or {}
+        """The first of `keys` set in the metadata (`AtlasInfo`, or the `extra` part older atlases use)."""
         for key in keys:
-            for where in (self.info, extra):
-                if where.get(key) is not None:
-                    return where[key]
+            value = self.info.get(key)
+            if value is not None:
+                return value
         return None
 
     @property
@@ -231,19 +228,14 @@ class Atlas:
         return float(value) if value is not None else DEFAULT_DENSE_THRESHOLD
 
 
-def _read_info_folder(path: Path) -> dict[str, Any]:
-    info = path / ATLAS_INFO_FILE
-    return json.loads(info.read_text()) if info.is_file() else {}
-
-
-def _read_info_hub(repo_id: str, revision: str | None) -> dict[str, Any]:
+def _read_info_hub(repo_id: str, revision: str | None) -> AtlasInfo | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        return json.loads(Path(hf_hub_download(repo_id, ATLAS_INFO_FILE, repo_type="dataset", revision=revision)).read_text())
+        return read_atlas_info(Path(hf_hub_download(repo_id, ATLAS_INFO_FILE, repo_type="dataset", revision=revision)).parent)
     except EntryNotFoundError:
-        return {}
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +250,6 @@ class Dictionary:
         self.model = model.eval()
         self.config = model.config
         self.source = source
-        self.binary = self.config.model_type == "binary_autoencoder"
         self.bits = getattr(self.config, "bits", 1)
 
     @classmethod
@@ -286,13 +277,27 @@ class Dictionary:
 
     @property
     def kind(self) -> str:
-        if self.binary:
-            return f"BAE ({self.bits}-bit)" if self.bits > 1 else "BAE"
-        return f"SAE ({self.config.activation})"
+        """The model's kind ("BAE", "SAE", "TRC"), what atlases record."""
+        return self.model.kind
+
+    @property
+    def label(self) -> str:
+        """A longer human name: "BAE (2-bit)", "SAE (topk)"."""
+        if self.bits > 1:
+            return f"{self.kind} ({self.bits}-bit)"
+        activation = getattr(self.config, "activation", None)
+        return f"{self.kind} ({activation})" if activation else self.kind
+
+    @property
+    def score_is_deviation(self) -> bool:
+        return self.model.score_is_deviation
 
     @property
     def num_features(self) -> int:
-        return int(self.config.num_latents)
+        return self.model.num_features
+
+    def fingerprint(self) -> str:
+        return self.model.fingerprint()
 
     @cached_property
     def unit_decoder(self) -> torch.Tensor:
@@ -311,41 +316,17 @@ class Dictionary:
     @torch.inference_mode()
     def activations(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(fired `[n, m]` booleans, value `[n, m]`): value is the latent (SAE) or the code value (BAE)."""
-        hidden_states = hidden_states.to(self.model.dtype)
-        if self.binary:
-            codes = self.model.encode(hidden_states)
-            fired = features_fired(codes, self.bits)
-            values = codes.unflatten(-1, (-1, self.bits)) * (2.0 ** torch.arange(self.bits)) / (2**self.bits - 1)
-            return fired, values.sum(-1).float()
-        latents = self.model.encode(hidden_states).float()
-        return latents != 0, latents
+        values, fired = self.model.feature_values(hidden_states.to(self.model.dtype))
+        return fired, values
 
 
 def check_compatible(atlas: Atlas, dictionary: Dictionary) -> None:
-    """Raise a ValueError if `atlas` was not built from `dictionary` (sizes, base model, layer, site)."""
-    c = dictionary.config
-    problems = []
-    if len(atlas) != dictionary.num_features:
-        problems.append(f"the atlas has {len(atlas)} features, the dictionary {dictionary.num_features}")
-    elif int(atlas.index.feature.max()) >= dictionary.num_features or int(atlas.index.feature.min()) < 0:
+    """Raise a ValueError if `atlas` was not built from `dictionary` (`hf_bae.formats.atlas_mismatches`, and
+    the atlas's feature ids must be the dictionary's)."""
+    problems = atlas_mismatches(atlas.info, dictionary, num_rows=len(atlas))
+    ids = atlas.index.feature
+    if not problems and (int(ids.max()) >= dictionary.num_features or int(ids.min()) < 0):
         problems.append(f"the atlas's feature ids run outside 0–{dictionary.num_features - 1}")
-    for key, ours in (("base_model", c.base_model), ("layer", c.layer), ("site", c.site)):
-        theirs = atlas.meta(key)
-        if key == "site" and theirs is not None:
-            theirs = str(theirs).rsplit(".", 1)[-1]  # "layers.6.resid_post" -> "resid_post"
-        if theirs is not None and ours is not None and str(theirs) != str(ours):
-            problems.append(f"the atlas was built at {key}={theirs!r}, the dictionary reads {key}={ours!r}")
-    kind = atlas.meta("dictionary_type")
-    if kind is not None and (str(kind) == "BAE") != dictionary.binary:
-        problems.append(f"the atlas was built from a {kind} dictionary, this one is a {dictionary.kind}")
-    recorded = atlas.meta("dictionary_fingerprint")
-    if recorded and not problems:
-        from .interpret.atlas import dictionary_fingerprint
-
-        # Same sizes and provenance are not enough: another training run of the same shape has
-        # other features. The atlas records a hash of the config and weights it was built from.
-        if dictionary_fingerprint(dictionary.model) != recorded:
-            problems.append(f"the atlas was built from another dictionary of the same shape (weights fingerprint {str(recorded)[:12]}…)")
     if problems:
         raise ValueError(
             f"The atlas {atlas.source} does not belong to the dictionary {dictionary.source}: "
@@ -533,7 +514,7 @@ class FeatureBrowser:
         d = self.dictionaries[atlas.name]
         base = atlas.meta("base_model") or (d.config.base_model if d else None)
         layer = atlas.meta("layer") if atlas.meta("layer") is not None else (d.config.layer if d else None)
-        site = str(atlas.meta("site") or (d.config.site if d else "")).rsplit(".", 1)[-1]
+        site = site_name(atlas.meta("site") or (d.config.site if d else ""))
         parts = [f"{len(atlas):,} features", f"atlas {atlas.source}"]
         if d is not None:
             parts.append(f"dictionary {d.source} ({d.kind})")
@@ -840,7 +821,7 @@ class FeatureBrowser:
         freq[torch.from_numpy(ix.feature)] = torch.from_numpy(ix.frequency).float()
         # Rank what fires: SAEs by activation; BAEs by surprise, |code - usual rate| (the atlas's own
         # scoring), so always-on codes do not crowd out the rare ones.
-        strength = (values - freq).abs() if d.binary else values
+        strength = (values - freq).abs() if d.score_is_deviation else values
         strength = torch.where(fired, strength, torch.full_like(strength, -math.inf))
 
         positions = [i for i, t in enumerate(ids) if t not in special]

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .configuration import SITES, option
-from .model_card import CardEntry, hookpoint, render_card
+from .formats import ATLAS_INFO_FILE, config_hookpoint
+from .model_card import CardEntry, render_card
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def assign_names(dictionaries: Sequence[LocalDictionary], suffix: str | None = N
     `layers.5.resid_post.topk`), so that no name depends on which was pushed first. A dictionary with
     no recorded layer is named after its run folder. `suffix` is appended to every name.
     """
-    base = {d.name: hookpoint(d.config) or _safe_name(d.name) for d in dictionaries}
+    base = {d.name: config_hookpoint(d.config) or _safe_name(d.name) for d in dictionaries}
     counts = Counter(base.values())
     names = {}
     for d in dictionaries:
@@ -362,7 +363,7 @@ def _remote_entries(api, repo_id: str, state: RemoteState, folders: Iterable[str
         metrics = {**fetch(f"{prefix}eval_results.json"), **_comsem_metrics(fetch(f"{prefix}comsem.json"))}
         plots = sorted(f for f in state.files if f.startswith(prefix + "plots/") and f.lower().endswith(PLOT_SUFFIXES))
         saelens = f"{SAELENS_FOLDER}/{folder}" if f"{SAELENS_FOLDER}/{folder}/cfg.json" in state.files else None
-        entries.append(CardEntry(folder, folder or hookpoint(config) or "dictionary", config, metrics, plots, saelens))
+        entries.append(CardEntry(folder, folder or config_hookpoint(config) or "dictionary", config, metrics, plots, saelens))
     return entries
 
 
@@ -391,7 +392,7 @@ def _stage(targets: dict[str, LocalDictionary], stage: Path, saelens: bool) -> l
         for plot in d.plots:
             (dest / "plots").mkdir(exist_ok=True)
             shutil.copy2(plot, dest / "plots" / plot.name)
-        name = folder or hookpoint(d.config) or _safe_name(d.name)
+        name = folder or config_hookpoint(d.config) or _safe_name(d.name)
         saelens_folder = None
         if saelens:
             try:
@@ -449,7 +450,6 @@ def _push_atlas(atlas: str, atlas_repo: str, opts: PushOptions, token: str | boo
     from datasets import load_from_disk
     from huggingface_hub import HfApi
 
-    from .interpret.atlas import ATLAS_INFO_FILE
 
     path = Path(atlas)
     if not path.is_dir():
@@ -619,7 +619,7 @@ def push_dictionary(model, repo_id: str, *, subfolder: str | None = None, eval_r
         raise ValueError(f"subfolder={subfolder!r}: give one folder name of letters, digits, '.', '-' and '_'.")
     opts = PushOptions(**{"overwrite": overwrite, **({"layout": "subfolders"} if subfolder else {}), **options})
     with tempfile.TemporaryDirectory(prefix="hf_bae_model_") as tmp:
-        name = subfolder or hookpoint(model.config) or "dictionary"
+        name = subfolder or config_hookpoint(model.config) or "dictionary"
         folder = Path(tmp) / name
         model.save_pretrained(folder)
         if eval_results:
@@ -640,7 +640,7 @@ def list_dictionaries(repo_or_path: str | Path, *, revision: str | None = None, 
     if path.is_dir():
         if (path / "config.json").is_file():
             (d,) = find_dictionaries(path)
-            return {hookpoint(d.config) or _safe_name(d.name): ""}
+            return {config_hookpoint(d.config) or _safe_name(d.name): ""}
         return {name: d.path.name for name, d in assign_names(find_dictionaries(path)).items()}
     from huggingface_hub import HfApi, hf_hub_download
 
@@ -652,7 +652,7 @@ def list_dictionaries(repo_or_path: str | Path, *, revision: str | None = None, 
     for folder in folders:
         if not folder:
             config = _read_json(Path(hf_hub_download(repo_id, "config.json", revision=revision, token=token)))
-            out[hookpoint(config) or "dictionary"] = ""
+            out[config_hookpoint(config) or "dictionary"] = ""
         else:
             out[folder] = folder
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .formats import config_hookpoint
 from .version import __version__
 
 CARD_TEMPLATE = "model_card.md.j2"
@@ -76,13 +77,6 @@ def model_cards_dir() -> Path:
         f"hf_bae's model card templates ({CARD_TEMPLATE}) are in neither {here.parent / 'model_cards'} nor "
         f"{here / 'model_cards'}: reinstall hf_bae."
     )
-
-
-def hookpoint(config: dict[str, Any] | Any) -> str | None:
-    """`layers.{layer}.{site}` of a dictionary config (a dict or a config object); None without a layer."""
-    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
-    layer, site = get("layer"), get("site") or "resid_post"
-    return None if layer is None else f"layers.{layer}.{site}"
 
 
 def site_meaning(site: str, layer: int | None) -> str:
@@ -180,7 +174,7 @@ def card_data(entries: Sequence[CardEntry], repo_id: str, *, license: str | None
                 task_type="feature-extraction",
                 task_name="Activation reconstruction",
                 dataset_type=e.config.get("dataset") or "unrecorded",
-                dataset_name=f"{source}: {e.config.get('base_model') or 'LM'} activations at {hookpoint(e.config) or e.name}",
+                dataset_name=f"{source}: {e.config.get('base_model') or 'LM'} activations at {config_hookpoint(e.config) or e.name}",
                 dataset_config=e.name,
                 dataset_split="validation",
                 metric_type=key,
@@ -242,7 +236,7 @@ def render_card(entries: Sequence[CardEntry], repo_id: str, *, license: str | No
             "entry": e,
             "kind": kind(c),
             "is_bae": c.get("model_type") == "binary_autoencoder",
-            "hookpoint": hookpoint(c) or "unrecorded",
+            "hookpoint": config_hookpoint(c) or "unrecorded",
             "layer": c.get("layer"),
             "site": c.get("site", "resid_post"),
             "site_meaning": site_meaning(c.get("site", "resid_post"), c.get("layer")),

@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 from .binarize import binarize, bits_to_values
 from .configuration import BAEConfig
 from .losses import covariance_penalty, minibatch_entropy, reconstruction_loss, rounded_mean_code
-from .modeling_base import DictionaryPreTrainedModel, output_activation
+from .modeling_base import DictionaryPreTrainedModel, FeatureActivity, output_activation
 
 
 class _DeviationDecode(torch.autograd.Function):
@@ -122,6 +122,22 @@ class BinaryAutoencoder(DictionaryPreTrainedModel):
             out = self._denormalize_output(_DeviationDecode.apply(flat, self.decoder.weight, self.decoder.bias))
             return activation(out.reshape(*codes.shape[:-1], out.shape[-1]))
         return activation(self._denormalize_output(self.decoder(bits_to_values(codes, self.config.bits))))
+
+    kind = "BAE"
+    # An atlas ranks a BAE feature's samples by their deviation from its usual state (the paper's score).
+    score_is_deviation = True
+
+    @torch.no_grad()
+    def feature_activity(self, hidden_states: torch.Tensor) -> FeatureActivity:
+        bits = self.config.bits
+        pre = self.pre_activations(hidden_states)
+        codes = self._binarize(pre)
+        fired = codes != 0
+        firmness = pre.abs()
+        if bits > 1:
+            fired = fired.unflatten(-1, (-1, bits)).any(-1)
+            firmness = firmness.unflatten(-1, (-1, bits)).mean(-1)
+        return FeatureActivity(bits_to_values(codes, bits).float(), fired, firmness.float(), codes)
 
     def _sparse_decode(self, codes: torch.Tensor) -> bool:
         """Whether `decode` takes the sparse path: asked for, 1-bit codes, and no autocast."""

@@ -1,8 +1,11 @@
 """What the BAE and the SAEs share: the `PreTrainedModel` base, weight init, input checks and the
 activation normalisation applied in training (see `hf_bae.normalization`)."""
 
+import hashlib
 import importlib
+import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,11 +29,39 @@ def output_activation(name: str):
     return _OUTPUT_ACTIVATIONS[name]
 
 
+def config_hash(config: Any) -> str:
+    """SHA-256 of a dictionary config's content (without where it was loaded from or by which version)."""
+    data = config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "hf_bae_version", "_commit_hash"):
+        data.pop(volatile, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class FeatureActivity:
+    """What a dictionary's features do on a batch of hidden states (`DictionaryPreTrainedModel.feature_activity`).
+
+    values: `[..., m]` float, the latent (SAE) or the feature's code value in [0, 1] (BAE).
+    fired: `[..., m]` bool, whether the feature fired (a k-bit BAE feature: any of its bits is 1).
+    firmness: `[..., m]` float, how firmly it is in its state (the pre-activation; |logit| for a BAE), to break ties.
+    codes: `[..., m·bits]` the BAE's binary codes (None for an SAE).
+    """
+
+    values: torch.Tensor
+    fired: torch.Tensor
+    firmness: torch.Tensor
+    codes: torch.Tensor | None = None
+
+
 class DictionaryPreTrainedModel(PreTrainedModel):
     """Base class of hf_bae dictionaries: an `encoder` Linear(d, ·) and a `decoder` Linear(·, d_out).
 
     Parameter names match the original code's `state_dict` (`encoder.weight`, `decoder.bias`, ...),
     so original checkpoints load with `load_state_dict`.
+
+    What differs between kinds lives on the subclasses, so that no caller branches on the type:
+    `kind` (the short name atlases and cards record), `feature_values` (which features fired, with
+    what value) and `score_is_deviation` (how an atlas ranks a feature's samples).
     """
 
     config_class = DictionaryConfig
@@ -65,6 +96,40 @@ class DictionaryPreTrainedModel(PreTrainedModel):
                 "(fp16 overflows on some layers: use bf16 or fp32) or filter those tokens."
             )
         return tensor.to(self.encoder.weight.dtype)
+
+    # -- what a dictionary is, for atlases, cards and the browser ---------------------------------
+    @property
+    def kind(self) -> str:
+        """Short name of the kind: "BAE", "SAE" or "TRC" (a transcoder)."""
+        raise NotImplementedError
+
+    @property
+    def num_features(self) -> int:
+        """Number of features m (for a k-bit BAE, m features of k codes each)."""
+        return int(self.config.num_latents)
+
+    @property
+    def hookpoint(self) -> str | None:
+        """Where the dictionary reads, `layers.{layer}.{site}` (None if the layer is not recorded)."""
+        return self.config.hookpoint
+
+    def feature_activity(self, hidden_states: torch.Tensor) -> FeatureActivity:
+        """Values, firing and firmness of every feature on `[..., d]` hidden states (no gradient)."""
+        raise NotImplementedError
+
+    def feature_values(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values `[..., m]` float, fired `[..., m]` bool) of `[..., d]` hidden states: the latent (SAE) or the
+        feature's code value in [0, 1] (BAE), and whether the feature fired."""
+        activity = self.feature_activity(hidden_states)
+        return activity.values, activity.fired
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the config and the weights: two atlases compare equal only for the same dictionary."""
+        h = hashlib.sha256(config_hash(self.config).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     # -- normalisation ---------------------------------------------------------------------------
     # While training with `normalize_activations`, the statistics live on the model as plain

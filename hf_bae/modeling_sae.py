@@ -16,7 +16,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import SAEConfig
 from .losses import l1_penalty, reconstruction_loss
-from .modeling_base import DictionaryPreTrainedModel, output_activation
+from .modeling_base import DictionaryPreTrainedModel, FeatureActivity, output_activation
 
 
 @dataclass
@@ -118,6 +118,18 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
     def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Feature activations `[..., m]` of `[..., d]` hidden states."""
         return latent_activation(self.config)(self.pre_activations(hidden_states))
+
+    score_is_deviation = False
+
+    @property
+    def kind(self) -> str:
+        return "TRC" if self.config.is_transcoder else "SAE"
+
+    @torch.no_grad()
+    def feature_activity(self, hidden_states: torch.Tensor) -> FeatureActivity:
+        pre = self.pre_activations(hidden_states)
+        latents = latent_activation(self.config)(pre).float()
+        return FeatureActivity(latents, latents != 0, pre.float())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Reconstruction from `[..., m]` feature activations."""

@@ -93,7 +93,7 @@ def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_fe
     explanations = explanations or {}
     for j in range(d.num_features):
         idx = fired[:, j].nonzero().flatten().tolist()
-        score = (1 - freq[j]).item() if d.binary else None
+        score = (1 - freq[j]).item() if d.score_is_deviation else None
         idx.sort(key=lambda i: -(value[i, j].item() if score is None else score))
         samples = [_sample(*records[i][:5], score if score is not None else value[i, j].item()) for i in idx[:per_feature]]
         quiet = (~fired[:, j]).nonzero().flatten().tolist()[:2]
@@ -105,7 +105,7 @@ def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_fe
         ))
     features = atlas_features()
     datasets.Dataset.from_list(rows, features=features).save_to_disk(str(path))
-    meta = {"dictionary_type": "BAE" if d.binary else "SAE", "num_features": d.num_features, "base_model": dictionary.config.base_model,
+    meta = {"dictionary_type": d.kind, "num_features": d.num_features, "base_model": dictionary.config.base_model,
             "layer": layer, "site": "resid_post", "num_tokens": len(records), "dense_threshold": 0.1}
     meta.update(info or {})
     (Path(path) / "atlas.json").write_text(json.dumps(meta))

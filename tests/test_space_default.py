@@ -16,7 +16,7 @@ def test_default_atlas_is_built_once_then_reused(tmp_path, monkeypatch):
     browser = FeatureBrowser.from_paths([atlas_dir], [model_dir])  # checks the atlas belongs to the dictionary
     atlas = browser.atlas(None)
     d = browser.dictionaries[atlas.name]
-    assert d.binary and d.config.layer == 6 and len(atlas) == d.num_features == 4 * 576
+    assert d.kind == "BAE" and d.config.layer == 6 and len(atlas) == d.num_features == 4 * 576
     assert atlas.meta("num_tokens") > 0 and not list(cache.parent.glob("*.partial-*"))
     rows, _ = browser.table(None, sort_by="frequency", descending=True, hide_dead=True, page_size=1000)
     page = browser.feature(None, next(r[0] for r in rows if r[4] > 0))  # always-on features have no samples

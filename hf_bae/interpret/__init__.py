@@ -9,9 +9,9 @@
 - `pipeline`: what `hf-bae atlas` and `hf-bae interpret` run.
 """
 
+from ..formats import AtlasInfo
 from .atlas import (
     AtlasConfig,
-    AtlasInfo,
     RandomBaseline,
     build_atlas,
     build_atlases,

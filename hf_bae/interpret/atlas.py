@@ -56,15 +56,13 @@ it holds the run's metadata, `AtlasInfo`):
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +71,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..configuration import option
-from ..metrics import DEFAULT_DENSE_THRESHOLD, FeatureStats, features_fired
-from ..version import __version__
+from ..formats import (ATLAS_STATE_FILE, DEFAULT_DENSE_THRESHOLD, AtlasInfo, atlas_mismatches, read_atlas_info,
+                       save_atlas_info)
+from ..metrics import FeatureStats
+from ..modeling_base import config_hash
 
 logger = logging.getLogger(__name__)
 
-ATLAS_INFO_FILE = "atlas.json"
 SELECTIONS = ("corpus", "top")
 DICTIONARY_TYPES = ("BAE", "SAE", "TRC", "random")
 
@@ -134,49 +133,6 @@ class AtlasConfig:
             raise ValueError(f"max_context_tokens must be >= 0 or None, got {self.max_context_tokens}.")
 
 
-@dataclass
-class AtlasInfo:
-    """Metadata of an atlas (saved as `atlas.json` in the atlas folder)."""
-
-    dictionary_type: str
-    num_features: int
-    dictionary_path: str | None = None
-    dictionary_fingerprint: str | None = None  # SHA-256 of the config and the weights; "random:..." for the baseline
-    config_hash: str | None = None  # SHA-256 of the dictionary's config alone
-    base_model: str | None = None
-    base_model_revision: str | None = None
-    layer: int | None = None
-    site: str | None = None
-    dataset: str | None = None
-    split: str | None = None
-    num_texts: int | None = None
-    num_tokens: int = 0
-    num_rows: int = 0
-    context_length: int | None = None
-    exclude_special_tokens: bool | None = None
-    dense_threshold: float = DEFAULT_DENSE_THRESHOLD
-    top_k: int = 10
-    selection: str = "corpus"
-    samples_per_feature: int = 20
-    num_non_activating: int = 8
-    sae_rescale: bool = False
-    active_only: bool = False
-    max_context_tokens: int | None = None
-    seed: int = 0
-    score: str = ""
-    dead_features: int = 0
-    dense_features: int = 0
-    hf_bae_version: str = __version__
-    created: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AtlasInfo":
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = {**data.get("extra", {}), **{k: v for k, v in data.items() if k not in known}}
-        return cls(**{k: v for k, v in data.items() if k in known and k != "extra"}, extra=extra)
-
-
 # ----------------------------------------------------------------------------------------------
 # Dictionaries: identity and type
 # ----------------------------------------------------------------------------------------------
@@ -187,42 +143,24 @@ class RandomBaseline:
     num_features: int
     seed: int = 0
 
-    @property
+    kind = "random"
+    score_is_deviation = False
+
     def fingerprint(self) -> str:
         return f"random:num_features={self.num_features}:seed={self.seed}"
 
 
 def dictionary_type(dictionary: Any) -> str:
-    """"BAE", "SAE", "TRC" (a transcoder) or "random"."""
-    from ..modeling_bae import BinaryAutoencoder
-    from ..modeling_sae import SparseAutoencoder
-
-    if isinstance(dictionary, RandomBaseline):
-        return "random"
-    if isinstance(dictionary, BinaryAutoencoder):
-        return "BAE"
-    if isinstance(dictionary, SparseAutoencoder):
-        return "TRC" if dictionary.config.is_transcoder else "SAE"
-    raise TypeError(f"Not a dictionary: {type(dictionary).__name__}. Load one with AutoModel.from_pretrained after `import hf_bae`.")
-
-
-def config_hash(config: Any) -> str:
-    """SHA-256 of a dictionary config's content (without where it was loaded from or by which version)."""
-    data = config.to_dict()
-    for volatile in ("_name_or_path", "transformers_version", "hf_bae_version", "_commit_hash"):
-        data.pop(volatile, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    """"BAE", "SAE", "TRC" (a transcoder) or "random": the dictionary's `kind`."""
+    kind = getattr(dictionary, "kind", None)
+    if not isinstance(kind, str):
+        raise TypeError(f"Not a dictionary: {type(dictionary).__name__}. Load one with AutoModel.from_pretrained after `import hf_bae`.")
+    return kind
 
 
 def dictionary_fingerprint(dictionary: Any) -> str:
-    """SHA-256 of a dictionary's config and weights: two atlases compare equal only for the same dictionary."""
-    if isinstance(dictionary, RandomBaseline):
-        return dictionary.fingerprint
-    h = hashlib.sha256(config_hash(dictionary.config).encode())
-    for name, tensor in sorted(dictionary.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """SHA-256 of a dictionary's config and weights (its `fingerprint()`)."""
+    return dictionary.fingerprint()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,10 +212,10 @@ class _Scorer:
                     "This dictionary's config does not record its layer: set `layer` and `site` in its config.json "
                     "(the hidden states it was trained on) before building an atlas."
                 )
-            self.site = f"layers.{c.layer}.{c.site}"
+            self.site = c.hookpoint
             self.num_features = c.num_latents
             self.bits = getattr(c, "bits", 1)
-            self.needs_first_pass = self.kind == "BAE" or config.sae_rescale
+            self.needs_first_pass = dictionary.score_is_deviation or config.sae_rescale
         self.stats = FeatureStats(num_features=self.num_features, num_codes=self.num_features * self.bits,
                                   binary=self.kind == "BAE")
         self._sum = torch.zeros(self.num_features, dtype=torch.float64)
@@ -289,20 +227,8 @@ class _Scorer:
     @torch.no_grad()
     def _encode(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(values [n, m] float32, fired [n, m] bool, tie-break key [n, m], codes [n, m·bits] | None)."""
-        d = self.dictionary
-        hidden = hidden.to(d.device)
-        pre = d.pre_activations(hidden)
-        if self.kind == "BAE":
-            from ..binarize import bits_to_values
-
-            codes = d._binarize(pre)
-            values = bits_to_values(codes, self.bits).float()
-            firmness = pre.abs().unflatten(-1, (-1, self.bits)).mean(-1) if self.bits > 1 else pre.abs()
-            return values.cpu(), features_fired(codes, self.bits).cpu(), firmness.float().cpu(), codes.cpu()
-        from ..modeling_sae import latent_activation
-
-        latents = latent_activation(d.config)(pre)
-        return latents.float().cpu(), features_fired(latents).cpu(), pre.float().cpu(), None
+        a = self.dictionary.feature_activity(hidden.to(self.dictionary.device))
+        return a.values.cpu(), a.fired.cpu(), a.firmness.cpu(), None if a.codes is None else a.codes.cpu()
 
     def observe(self, activations: dict[str, torch.Tensor]) -> None:
         """First pass: corpus statistics."""
@@ -327,7 +253,7 @@ class _Scorer:
         values, fired, tie, codes = self._encode(activations[self.site])
         if not self.needs_first_pass:
             self.stats.update(fired, codes=codes)
-        if self.kind == "BAE":
+        if self.dictionary.score_is_deviation:
             primary = bae_deviation(values, self.mean.float())
         elif self.config.sae_rescale:
             primary = zscore(values, self.mean.float(), self.std.float())
@@ -506,7 +432,7 @@ def save_atlas(dataset, info: AtlasInfo, path: str | os.PathLike) -> Path:
         raise ValueError("The atlas is empty (no features): nothing to save.")
     path = Path(path)
     dataset.save_to_disk(str(path))
-    (path / ATLAS_INFO_FILE).write_text(json.dumps(dataclasses.asdict(info), indent=2, default=str) + "\n")
+    save_atlas_info(info, path)
     return path
 
 
@@ -515,11 +441,8 @@ def load_atlas(path: str | os.PathLike):
     import datasets
 
     path = Path(path)
-    info_file = path / ATLAS_INFO_FILE
-    if not info_file.is_file():
-        raise ValueError(f"{path} is not a feature atlas (no {ATLAS_INFO_FILE}): build one with `hf-bae atlas`.")
-    info = AtlasInfo.from_dict(json.loads(info_file.read_text()))
-    state = json.loads((path / "state.json").read_text()) if (path / "state.json").is_file() else {}
+    info = read_atlas_info(path)
+    state = json.loads((path / ATLAS_STATE_FILE).read_text()) if (path / ATLAS_STATE_FILE).is_file() else {}
     # datasets cannot load a saved dataset with no rows (it has no data files).
     dataset = datasets.load_from_disk(str(path)) if state.get("_data_files", [None]) else []
     if len(dataset) == 0:
@@ -528,13 +451,15 @@ def load_atlas(path: str | os.PathLike):
 
 
 def check_atlas_matches(info: AtlasInfo, dictionary: Any, atlas_path: str | os.PathLike = "the atlas") -> None:
-    """Raise ValueError if the atlas was not built from `dictionary` (compares config + weights fingerprints)."""
-    expected = dictionary_fingerprint(dictionary)
-    if info.dictionary_fingerprint != expected:
+    """Raise ValueError if the atlas was not built from `dictionary` (`hf_bae.formats.atlas_mismatches`:
+    width, provenance, kind, then the config + weights fingerprint, which must be recorded)."""
+    problems = atlas_mismatches(info, dictionary)
+    if not problems and not info.dictionary_fingerprint:
+        problems = ["the atlas records no dictionary fingerprint"]
+    if problems:
         raise ValueError(
-            f"{atlas_path} was built from another dictionary ({info.dictionary_type} at {info.dictionary_path}, "
-            f"fingerprint {str(info.dictionary_fingerprint)[:12]}…) than the one given (fingerprint {expected[:12]}…): "
-            "rebuild it with `hf-bae atlas` for this dictionary, or pass the matching dictionary."
+            f"{atlas_path} was built from another dictionary than the one given: {'; '.join(problems)}. "
+            "Rebuild it with `hf-bae atlas` for this dictionary, or pass the matching dictionary."
         )
 
 

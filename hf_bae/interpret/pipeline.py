@@ -26,11 +26,10 @@ from typing import Any
 
 from ..configuration import option
 from ..version import __version__
+from ..formats import ATLAS_INFO_FILE, AtlasInfo, save_atlas_info
 from .atlas import (
-    ATLAS_INFO_FILE,
     DICTIONARY_TYPES,
     AtlasConfig,
-    AtlasInfo,
     RandomBaseline,
     atlas_features,
     build_atlases,
@@ -456,7 +455,7 @@ def run_interpret(
             folder = out / entry.name
             folder.mkdir(parents=True, exist_ok=True)
             apply_results(dataset, run).save_to_disk(str(folder / "interpreted"))
-            (folder / "interpreted" / ATLAS_INFO_FILE).write_text(json.dumps(dataclasses.asdict(info), indent=2, default=str) + "\n")
+            save_atlas_info(info, folder / "interpreted")
         print(f"{entry.name}: {client.ledger.describe()}")
 
     for report, (entry, *_rest) in zip(reports, items):

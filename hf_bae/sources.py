@@ -35,6 +35,22 @@ def _generator(seed: int, rank: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * _SEED_STRIDE + rank) * _SEED_STRIDE + index)
 
 
+def activation_provenance(model_name_or_path: str, revision: str | None = None, *, dataset: str | None = None,
+                          context_length: int | None = None, exclude_special_tokens: bool = True,
+                          outlier_factor: float | None = None) -> dict[str, Any]:
+    """What a dictionary config records about live activations (the one place it is assembled): the LM's
+    Hub id and revision (the embedded model's recorded ones, so that it resolves back to it), the
+    dataset (the embedded corpus by its id), the context length and the token filter."""
+    from .activations import model_name_of, model_revision_of, token_filter_description
+    from .embedded import EMBEDDED_DATASET_ID
+
+    return {"base_model": model_name_of(model_name_or_path),
+            "base_model_revision": model_revision_of(model_name_or_path, revision),
+            "dataset": EMBEDDED_DATASET_ID if dataset == "embedded" else dataset,
+            "context_length": context_length,
+            "token_filter": token_filter_description(exclude_special_tokens, outlier_factor)}
+
+
 @dataclass
 class SourceBatch:
     """One training batch and where the stream stands after it."""

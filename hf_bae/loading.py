@@ -64,3 +64,26 @@ def load_dictionary(source: str | os.PathLike, *, revision: str | None = None, k
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def base_model_of(configs: Any, model: str | None = None, revision: str | None = None) -> tuple[str, str | None]:
+    """(name, revision) of the language model that dictionaries read: `model` (and `revision`) if given,
+    else the base model and revision their configs record (they must agree), else the embedded model.
+
+    The recorded revision matters: the embedded model records its Hub id with a revision tag that
+    resolves back to the offline copy (`hf_bae.activations.load_language_model`).
+    """
+    if not isinstance(configs, (list, tuple)):
+        configs = [configs]
+    configs = [getattr(c, "config", c) for c in configs if c is not None]
+    recorded = {(c.base_model, getattr(c, "base_model_revision", None)) for c in configs if getattr(c, "base_model", None)}
+    if model:
+        return model, revision
+    names = {name for name, _ in recorded}
+    if len(names) > 1:
+        raise ValueError(f"The dictionaries were trained on different models ({sorted(names)}): use them in separate runs, "
+                         "or name the language model explicitly.")
+    if not recorded:
+        return "embedded", revision
+    name, recorded_revision = sorted(recorded, key=lambda r: r[1] or "")[-1]
+    return name, revision or recorded_revision

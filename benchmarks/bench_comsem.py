@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server fixture
 
 from hf_bae.interpret.atlas import _SampleSelector, bae_deviation, top_k_features  # noqa: E402
-from hf_bae.interpret.llm import ChatRequest, LLMClient, OpenAIBackend  # noqa: E402
+from hf_bae.interpret import ChatRequest, LLMClient, OpenAIBackend  # noqa: E402
 
 
 def bench_selection(n: int, m: int, k: int, capacity: int) -> tuple[float, float]:
@@ -75,7 +75,7 @@ def bench_calls(calls: int, latency: float, concurrency: int) -> tuple[float, fl
 
 def bench_local(n: int) -> tuple[float, float]:
     from hf_bae.activations import load_language_model
-    from hf_bae.interpret.llm import TransformersBackend
+    from hf_bae.interpret import TransformersBackend
     from hf_bae.interpret.prompts import judge_prompt
 
     model, tok = load_language_model("embedded")

@@ -8,7 +8,8 @@ from fake_openai import FakeOpenAI
 from interp_fixtures import category_llm, is_judge
 from hf_bae.interpret.atlas import atlas_features
 from hf_bae.interpret.comsem import ComSemConfig, parse_answer, parse_explanation, run_comsem, summarize_verdicts
-from hf_bae.interpret.llm import LLMClient, OpenAIBackend
+from hf_bae.interpret.client import LLMClient
+from hf_bae.interpret.openai_backend import OpenAIBackend
 
 SCORE = 0.987654321  # a distinctive activation value that must never reach a prompt
 

@@ -7,16 +7,10 @@ import threading
 import pytest
 
 from fake_openai import FakeOpenAI
-from hf_bae.interpret.llm import (
-    ChatRequest,
-    LLMClient,
-    LLMConfig,
-    LLMSetupError,
-    OpenAIBackend,
-    ResponseCache,
-    make_backend,
-    request_key,
-)
+from hf_bae.interpret.chat import ChatRequest, LLMSetupError
+from hf_bae.interpret.client import LLMClient, LLMConfig, make_backend
+from hf_bae.interpret.openai_backend import OpenAIBackend
+from hf_bae.interpret.response_cache import ResponseCache, request_key
 
 KEY = "sk-test-NEVER-WRITE-ME-1234"
 
@@ -112,7 +106,7 @@ def test_duplicate_requests_are_sent_once_and_keys_depend_on_sampling():
 
 
 def _write_many(path, start):
-    from hf_bae.interpret.llm import ChatResult
+    from hf_bae.interpret.chat import ChatResult
 
     cache = ResponseCache(path)
     for i in range(start, start + 40):

@@ -6,7 +6,9 @@ import torch
 
 from interp_fixtures import word_lm
 
-from hf_bae.interpret.llm import ChatRequest, LLMClient, TransformersBackend
+from hf_bae.interpret.chat import ChatRequest
+from hf_bae.interpret.client import LLMClient
+from hf_bae.interpret.transformers_backend import TransformersBackend
 
 
 def req(text, **kw):

@@ -30,7 +30,7 @@ class InterpretArguments:
 def main(argv: list[str]) -> int:
     from ..interpret.atlas import AtlasConfig
     from ..interpret.comsem import ComSemConfig
-    from ..interpret.llm import LLMConfig
+    from ..interpret.client import LLMConfig
     from ..interpret.pipeline import CorpusArguments, DictionaryArguments, run_interpret
 
     corpus, dicts, atlas, llm, comsem, args = parse(

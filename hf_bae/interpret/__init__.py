@@ -3,7 +3,10 @@
     from hf_bae.interpret import AtlasConfig, build_atlas, save_atlas, LLMClient, OpenAIBackend, run_comsem
 
 - `atlas`: each feature's samples (tokens in context), frequencies, dead/dense flags → a `datasets.Dataset`.
-- `llm`: OpenAI-compatible and local transformers chat backends, response cache, ledger.
+- `chat`: requests, results, error kinds and the `ChatBackend` interface a judge backend implements.
+- `openai_backend` / `transformers_backend`: an OpenAI-compatible endpoint, a local chat model.
+- `response_cache` / `ledger`: the SQLite response cache; calls, tokens and cost.
+- `client`: `LLMClient` (cache, budget, concurrency), `LLMConfig` (the LLM flags), `make_backend`.
 - `prompts`: the explainer and judge prompts (few-shot examples written for hf_bae).
 - `comsem`: explain, judge, score; `summarize_verdicts` is the logic of the `metrics/comsem` evaluate module.
 - `pipeline`: what `hf-bae atlas` and `hf-bae interpret` run.
@@ -21,17 +24,11 @@ from .atlas import (
     save_atlas,
 )
 from .comsem import ComSemConfig, ComSemRun, parse_answer, parse_explanation, run_comsem, summarize_verdicts
-from .llm import (
-    ChatRequest,
-    ChatResult,
-    LLMClient,
-    LLMConfig,
-    LLMSetupError,
-    OpenAIBackend,
-    ResponseCache,
-    TransformersBackend,
-    make_backend,
-)
+from .chat import ChatRequest, ChatResult, LLMSetupError
+from .client import LLMClient, LLMConfig, make_backend
+from .openai_backend import OpenAIBackend
+from .response_cache import ResponseCache
+from .transformers_backend import TransformersBackend
 
 __all__ = [
     "AtlasConfig", "AtlasInfo", "RandomBaseline", "build_atlas", "build_atlases", "check_atlas_matches",

@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..configuration import option
-from .llm import ChatRequest, LLMClient
+from .chat import ChatRequest
+from .client import LLMClient
 from .prompts import explain_prompt, judge_prompt
 
 logger = logging.getLogger(__name__)

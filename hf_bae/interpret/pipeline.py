@@ -40,7 +40,7 @@ from .atlas import (
     save_atlas,
 )
 from .comsem import ComSemConfig, ComSemRun, run_comsem
-from .llm import LLMClient, LLMConfig, make_backend, make_cache
+from .client import LLMClient, LLMConfig, make_backend, make_cache
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,172 @@
+"""The local judge backend: a transformers chat model run with `generate` through its chat template
+(default: the embedded SmolLM2-135M-Instruct), reusing the KV cache of shared prompt prefixes or
+batching with left padding.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .chat import ChatBackend, ChatRequest, ChatResult
+
+
+class TransformersBackend(ChatBackend):
+    """A local chat model (a transformers causal LM with a chat template).
+
+    ComSem's prompts share long prefixes (system message and few-shot turns, ~90% of a judge prompt).
+    With `prefix_cache` (default) the key/value cache of each prefix is computed once and reused, and
+    requests run one at a time; without it, requests run in left-padded batches of `batch_size`.
+
+    Args:
+        model: "embedded" (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.
+        revision, device, dtype: passed to the loader.
+        batch_size: prompts per `generate` call (without prefix_cache).
+        max_new_tokens: default cap on generated tokens when a request sets none.
+        prefix_cache: reuse the KV cache of the messages before the last one.
+        model_obj, tokenizer: an already loaded model and tokenizer (then `model` is only a name for the cache key).
+
+    Decoding is greedy unless a request sets a temperature > 0. Costs are 0; tokens are counted.
+    """
+
+    kind = "transformers"
+
+    def __init__(
+        self,
+        model: str = "embedded",
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 8,
+        max_new_tokens: int = 32,
+        prefix_cache: bool = True,
+        model_obj: Any = None,
+        tokenizer: Any = None,
+    ):
+        self.model = model
+        self.revision = revision
+        self.prefix_cache = prefix_cache
+        self._prefixes: dict[str, tuple[list[int], Any]] = {}  # prefix text -> (token ids, KV cache), a small LRU
+        self.batch_size = max(1, batch_size)
+        self.concurrency = 1
+        self.max_new_tokens = max_new_tokens
+        self._load_kwargs = {"revision": revision, "dtype": dtype, "device": device}
+        self._lm, self._tokenizer = None, None
+        self._lock = threading.Lock()
+        if model_obj is not None and tokenizer is not None:
+            self._set(model_obj, tokenizer)
+
+    def _set(self, model_obj: Any, tokenizer: Any) -> None:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"The tokenizer of {self.model!r} has no chat template: the local backend needs an instruction-tuned chat "
+                "model (e.g. 'embedded', SmolLM2-135M-Instruct)."
+            )
+        self._lm, self._tokenizer = model_obj.eval(), tokenizer
+
+    def load(self) -> None:
+        """Load the model now (otherwise it is loaded by the first call, so a dry run never loads it)."""
+        if self._lm is None:
+            from ..activations import load_language_model
+
+            self._set(*load_language_model(self.model, **self._load_kwargs))
+
+    @property
+    def identity(self) -> str:
+        return f"transformers@{self.model}" + (f"@{self.revision}" if self.revision else "")
+
+    def _generation_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        tok = self._tokenizer
+        kwargs: dict[str, Any] = {"max_new_tokens": request.max_tokens or self.max_new_tokens, "do_sample": bool(request.temperature),
+                                  "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+        if request.temperature:
+            kwargs["temperature"] = request.temperature
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def _result(self, new_ids: Any, prompt_tokens: int) -> ChatResult:
+        tok = self._tokenizer
+        stop = {tok.eos_token_id, tok.pad_token_id} - {None}
+        ids = new_ids.tolist()
+        n_new = next((j for j, t in enumerate(ids) if t in stop), len(ids))
+        text = tok.decode(ids[:n_new], skip_special_tokens=True).strip()
+        return ChatResult(text=text, prompt_tokens=prompt_tokens, completion_tokens=n_new, attempts=1)
+
+    def _prefix(self, messages: list[dict[str, str]], full_ids: list[int]) -> tuple[int, Any] | None:
+        """(length, a private copy of the KV cache) of the prompt's shared prefix, or None."""
+        import copy
+
+        import torch
+
+        if len(messages) < 2:
+            return None
+        text = self._tokenizer.apply_chat_template(messages[:-1], tokenize=False)
+        if text not in self._prefixes:
+            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+            device = next(self._lm.parameters()).device
+            with torch.no_grad():
+                cache = self._lm(torch.tensor([ids], device=device), use_cache=True).cache
+            if len(self._prefixes) >= 4:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            self._prefixes[text] = (ids, cache)
+        ids, cache = self._prefixes[text]
+        # Tokens merging across the boundary would make the cache wrong for this prompt: then no reuse.
+        if len(ids) >= len(full_ids) or full_ids[: len(ids)] != ids:
+            return None
+        return len(ids), copy.deepcopy(cache)
+
+    def _generate_with_prefix(self, request: ChatRequest) -> ChatResult:
+        import torch
+
+        messages = request.as_messages()
+        prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        device = next(self._lm.parameters()).device
+        input_ids = torch.tensor([ids], device=device)
+        kwargs = self._generation_kwargs(request)
+        prefix = self._prefix(messages, ids)
+        if prefix is not None:
+            kwargs["cache"] = prefix[1]
+        with torch.no_grad():
+            out = self._lm.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        return self._result(out[0, len(ids):], len(ids))
+
+    def _generate_group(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        import torch
+
+        if self.prefix_cache:
+            return [self._generate_with_prefix(r) for r in requests]
+        tok = self._tokenizer
+        prompts = [
+            tok.apply_chat_template(r.as_messages(), add_generation_prompt=True, tokenize=False) for r in requests
+        ]
+        side, pad = tok.padding_side, tok.pad_token
+        try:
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            # The chat template already wrote the special tokens.
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side, tok.pad_token = side, pad
+        device = next(self._lm.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.no_grad():
+            out = self._lm.generate(**enc, **self._generation_kwargs(requests[0]))
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [self._result(new[i], int(enc["attention_mask"][i].sum())) for i in range(len(requests))]
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        # Requests with different sampling parameters are generated in separate groups.
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_tokens, r.temperature), []).append(i)
+        results: list[ChatResult | None] = [None] * len(requests)
+        with self._lock:
+            self.load()
+            for indices in groups.values():
+                for i, res in zip(indices, self._generate_group([requests[i] for i in indices])):
+                    results[i] = res
+        return results  # type: ignore[return-value]

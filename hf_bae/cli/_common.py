@@ -13,7 +13,7 @@ def setup_logging() -> None:
 
 def run_or_explain(prog: str, fn: Callable[[], int]) -> int:
     """Run `fn`; a ValueError (bad input) or LLMSetupError becomes a one-line message and exit status 2."""
-    from ..interpret.llm import LLMSetupError
+    from ..interpret.chat import LLMSetupError
 
     try:
         return fn()

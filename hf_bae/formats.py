@@ -32,8 +32,10 @@ TRAINER_STATE_FILE = "trainer_state.json"  # counters and RNG states, for exact 
 EVAL_RESULTS_FILE = "eval_results.json"  # the final metrics of one dictionary
 METRICS_FILE = "metrics.jsonl"  # one JSON line per logged step
 CHECKPOINT_PREFIX = "checkpoint_"  # checkpoint_{step}/ folders inside a run
-PLOT_FILES = {"loss": "loss.png", "entropy": "entropy.png", "covariance": "covariance.png",
+PLOT_FILES = {"loss": "loss.png", "l0": "l0.png", "entropy": "entropy.png", "covariance": "covariance.png",
               "frequency_histogram": "frequency_histogram.png"}
+CHECKPOINTS_DIR = "checkpoints"  # a run's checkpoint_{step}/ folders live here
+PLOTS_DIR = "plots"  # a dictionary's plots (PLOT_FILES) inside its run folder
 # Files that describe a trained dictionary and travel with it to the Hub when present.
 DICTIONARY_RUN_FILES = (EVAL_RESULTS_FILE, METRICS_FILE)
 

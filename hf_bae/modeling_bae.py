@@ -11,6 +11,7 @@ H is the sum of the codes' binary entropies in the batch (`hf_bae.losses`).
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,6 +139,21 @@ class BinaryAutoencoder(DictionaryPreTrainedModel):
             fired = fired.unflatten(-1, (-1, bits)).any(-1)
             firmness = firmness.unflatten(-1, (-1, bits)).mean(-1)
         return FeatureActivity(bits_to_values(codes, bits).float(), fired, firmness.float(), codes)
+
+    warmup_penalty = "entropy"
+    penalty_terms = ("entropy_loss", "covariance_loss")
+
+    def training_kwargs(self, penalty_on: bool, since_fired: torch.Tensor | None = None) -> dict[str, Any]:
+        return {"entropy_weight": None if penalty_on else 0.0}
+
+    def features_fired(self, output: BAEOutput) -> torch.Tensor:
+        fired = output.codes != 0
+        bits = self.config.bits
+        return fired.unflatten(-1, (-1, bits)).any(-1) if bits > 1 else fired
+
+    def apply_constraints(self) -> None:
+        if self.config.unit_norm_encoder:
+            self.normalize_encoder_rows()
 
     def _sparse_decode(self, codes: torch.Tensor) -> bool:
         """Whether `decode` takes the sparse path: asked for, 1-bit codes, and no autocast."""

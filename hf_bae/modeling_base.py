@@ -131,6 +131,24 @@ class DictionaryPreTrainedModel(PreTrainedModel):
             h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()
 
+    # -- what the training loop does per kind (hf_bae.training) -----------------------------------
+    # The penalty whose warm-up options delay it (`--{warmup_penalty}_start_step` / `_tokens` / `_epoch`).
+    warmup_penalty: str | None = None
+    # The fields of a `forward` output holding the penalty terms that training logs.
+    penalty_terms: tuple[str, ...] = ()
+
+    def training_kwargs(self, penalty_on: bool, since_fired: torch.Tensor | None = None) -> dict[str, Any]:
+        """Keyword arguments of `forward` in one training step: the warmed-up penalty is off (weight 0) until
+        `penalty_on`; `since_fired` (`[m]`, tokens since each feature last fired) feeds dead-feature terms."""
+        return {}
+
+    def features_fired(self, output: Any) -> torch.Tensor:
+        """Booleans `[..., m]`: which features fired, from the output of `forward`."""
+        raise NotImplementedError
+
+    def apply_constraints(self) -> None:
+        """Restore the weights' constraints after an optimiser step (none by default)."""
+
     # -- normalisation ---------------------------------------------------------------------------
     # While training with `normalize_activations`, the statistics live on the model as plain
     # attributes (not buffers: the state_dict keeps the original code's names); the trainer saves

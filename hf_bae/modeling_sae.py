@@ -9,6 +9,7 @@ input and is trained to reconstruct the MLP output (pass that as `target`).
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -130,6 +131,18 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
         pre = self.pre_activations(hidden_states)
         latents = latent_activation(self.config)(pre).float()
         return FeatureActivity(latents, latents != 0, pre.float())
+
+    warmup_penalty = "l1"
+    penalty_terms = ("l1_loss",)
+
+    def training_kwargs(self, penalty_on: bool, since_fired: torch.Tensor | None = None) -> dict[str, Any]:
+        c = self.config
+        auxk = c.activation == "topk" and c.auxk_weight > 0 and since_fired is not None
+        return {"l1_weight": None if penalty_on else 0.0,
+                "dead_mask": since_fired >= c.auxk_dead_tokens if auxk else None}
+
+    def features_fired(self, output: SAEOutput) -> torch.Tensor:
+        return output.latents != 0
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Reconstruction from `[..., m]` feature activations."""

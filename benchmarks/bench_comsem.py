@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loopback server fixture
 
-from hf_bae.interpret.atlas import _SampleSelector, bae_deviation, top_k_features  # noqa: E402
+from hf_bae.interpret.atlas_samples import SampleSelector  # noqa: E402
+from hf_bae.interpret.atlas_scoring import bae_deviation, top_k_features  # noqa: E402
 from hf_bae.interpret import ChatRequest, LLMClient, OpenAIBackend  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def bench_selection(n: int, m: int, k: int, capacity: int) -> tuple[float, float
     t = time.perf_counter()
     score = bae_deviation(codes, mean)
     top = top_k_features(score, k, pre.abs())
-    selector = _SampleSelector(m, capacity, "corpus")
+    selector = SampleSelector(m, capacity, "corpus")
     tok, feat = torch.zeros_like(score, dtype=torch.bool).scatter_(1, top, True).nonzero(as_tuple=True)
     selector.add(feat.numpy(), tok.numpy(), score[tok, feat].double().numpy(), pre[tok, feat].double().numpy(),
                  codes[tok, feat].double().numpy())

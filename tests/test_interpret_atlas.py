@@ -8,17 +8,9 @@ from interp_fixtures import corpus, word_lm
 
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
 from hf_bae.activations import stream_activations
-from hf_bae.interpret.atlas import (
-    AtlasConfig,
-    RandomBaseline,
-    build_atlas,
-    build_atlases,
-    check_atlas_matches,
-    dictionary_fingerprint,
-    load_atlas,
-    save_atlas,
-    top_k_features,
-)
+from hf_bae.interpret.atlas import AtlasConfig, build_atlas, build_atlases
+from hf_bae.interpret.atlas_format import check_atlas_matches, load_atlas, save_atlas
+from hf_bae.interpret.atlas_scoring import RandomBaseline, dictionary_fingerprint, top_k_features
 
 CTX = 32
 KW = dict(context_length=CTX, batch_size=4, progress=False)

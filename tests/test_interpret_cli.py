@@ -13,7 +13,7 @@ from interp_fixtures import category_llm, corpus, word_lm
 
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
 from hf_bae.cli import main
-from hf_bae.interpret.atlas import load_atlas
+from hf_bae.interpret.atlas_format import load_atlas
 
 KEY = "sk-e2e-SECRET-0123456789"
 

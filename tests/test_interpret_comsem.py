@@ -6,7 +6,7 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from interp_fixtures import category_llm, is_judge
-from hf_bae.interpret.atlas import atlas_features
+from hf_bae.interpret.atlas_format import atlas_features
 from hf_bae.interpret.comsem import ComSemConfig, parse_answer, parse_explanation, run_comsem, summarize_verdicts
 from hf_bae.interpret.client import LLMClient
 from hf_bae.interpret.openai_backend import OpenAIBackend

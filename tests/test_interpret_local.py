@@ -63,7 +63,7 @@ def test_interpret_with_the_embedded_smollm2_as_explainer_and_judge(tmp_path, ca
     assert all(r["judge"]["backend"] == "transformers@embedded" for r in results)
     ledger = json.loads((tmp_path / "out" / "ledger.json").read_text())
     assert sum(l["calls"] for l in ledger.values()) > 0 and not any(l["failed"] for l in ledger.values())
-    from hf_bae.interpret.atlas import load_atlas
+    from hf_bae.interpret.atlas_format import load_atlas
 
     atlas, _ = load_atlas(tmp_path / "out" / "bae" / "interpreted")
     explained = [r for r in atlas if r["explanation"]]

@@ -22,7 +22,8 @@ class AtlasOutputArguments:
 
 
 def main(argv: list[str]) -> int:
-    from ..interpret.atlas import AtlasConfig, save_atlas
+    from ..interpret.atlas import AtlasConfig
+    from ..interpret.atlas_format import save_atlas
     from ..interpret.pipeline import CorpusArguments, DictionaryArguments, build_or_reuse_atlases
 
     corpus, dicts, atlas, output = parse(

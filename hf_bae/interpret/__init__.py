@@ -2,7 +2,9 @@
 
     from hf_bae.interpret import AtlasConfig, build_atlas, save_atlas, LLMClient, OpenAIBackend, run_comsem
 
-- `atlas`: each feature's samples (tokens in context), frequencies, dead/dense flags → a `datasets.Dataset`.
+- `atlas`: each feature's samples (tokens in context), frequencies, dead/dense flags → a `datasets.Dataset`;
+  `atlas_scoring` (per-token feature scores), `atlas_samples` (which samples are kept, their contexts),
+  `atlas_format` (the Arrow schema, save / load, the dictionary check).
 - `chat`: requests, results, error kinds and the `ChatBackend` interface a judge backend implements.
 - `openai_backend` / `transformers_backend`: an OpenAI-compatible endpoint, a local chat model.
 - `response_cache` / `ledger`: the SQLite response cache; calls, tokens and cost.
@@ -13,16 +15,9 @@
 """
 
 from ..formats import AtlasInfo
-from .atlas import (
-    AtlasConfig,
-    RandomBaseline,
-    build_atlas,
-    build_atlases,
-    check_atlas_matches,
-    dictionary_fingerprint,
-    load_atlas,
-    save_atlas,
-)
+from .atlas import AtlasConfig, build_atlas, build_atlases
+from .atlas_format import check_atlas_matches, load_atlas, save_atlas
+from .atlas_scoring import RandomBaseline, dictionary_fingerprint
 from .comsem import ComSemConfig, ComSemRun, parse_answer, parse_explanation, run_comsem, summarize_verdicts
 from .chat import ChatRequest, ChatResult, LLMSetupError
 from .client import LLMClient, LLMConfig, make_backend

@@ -27,18 +27,9 @@ from typing import Any
 from ..configuration import option
 from ..version import __version__
 from ..formats import ATLAS_INFO_FILE, AtlasInfo, save_atlas_info
-from .atlas import (
-    DICTIONARY_TYPES,
-    AtlasConfig,
-    RandomBaseline,
-    atlas_features,
-    build_atlases,
-    check_atlas_matches,
-    dictionary_fingerprint,
-    dictionary_type,
-    load_atlas,
-    save_atlas,
-)
+from .atlas import AtlasConfig, build_atlases
+from .atlas_format import atlas_features, check_atlas_matches, load_atlas, save_atlas
+from .atlas_scoring import DICTIONARY_TYPES, RandomBaseline, dictionary_fingerprint, dictionary_type
 from .comsem import ComSemConfig, ComSemRun, run_comsem
 from .client import LLMClient, LLMConfig, make_backend, make_cache
 

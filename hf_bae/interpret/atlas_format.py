@@ -1,0 +1,103 @@
+"""The on-disk format of a feature atlas: the Arrow schema of its rows, `save_atlas` / `load_atlas`,
+and the check that an atlas belongs to a dictionary. Its metadata (`AtlasInfo`, `atlas.json`) is
+`hf_bae.formats`'.
+
+Schema (a `datasets.Dataset`, one row per feature, saved with `save_to_disk`; `atlas.json` beside
+it holds the run's metadata, `AtlasInfo`):
+
+- feature (int): the feature index.
+- frequency (float): firing frequency over the corpus tokens (BAE: code 1, or any bit for k bits;
+  SAE: latent ≠ 0; random: picked). is_dead (bool): never fired. is_dense (bool): frequency >
+  dense_threshold (metadata).
+- selection_count (int): how many tokens picked this feature among their top_k.
+- samples (list): the kept samples, in corpus order (selection "corpus", the paper's) or by
+  decreasing score (selection "top"), at most `samples_per_feature`. Each sample is
+  {token (str), token_id (int), position (int), context (str), start (int), end (int) — character
+  offsets of the token in `context` (start == end for a special token, which is not in the
+  context text) —, score (float: the selection score above), activation (float: the code or
+  latent value), row (int) and row_position (int): where the token sits in the packed corpus}.
+- non_activating (list, same struct): up to `num_non_activating` tokens, uniformly sampled
+  (seeded), where the feature neither fires nor was picked; used by the beyond-paper
+  specificity test.
+- explanation (str | None), comsem_score (float | None), verdicts (list of {sample_index (int),
+  split ("positive" | "negative"), answer ("yes" | "no" | "unparseable")}): empty until
+  `hf-bae interpret` fills them; sample_index indexes `samples` (positive) or `non_activating`
+  (negative).
+- comsem_status (str | None): "scored", "too_few_samples", "explain_failed",
+  "explanation_unparseable", "no_verdicts", "pending" or "not_selected" (see `comsem.py`);
+  balanced_accuracy (float | None, beyond the paper); judge_failures (int).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..formats import ATLAS_STATE_FILE, AtlasInfo, atlas_mismatches, read_atlas_info, save_atlas_info
+
+
+def atlas_features():
+    """The `datasets.Features` of an atlas."""
+    import datasets
+
+    sample = {
+        "token": datasets.Value("string"), "token_id": datasets.Value("int64"), "position": datasets.Value("int64"),
+        "context": datasets.Value("string"), "start": datasets.Value("int64"), "end": datasets.Value("int64"),
+        "score": datasets.Value("float64"), "activation": datasets.Value("float64"),
+        "row": datasets.Value("int64"), "row_position": datasets.Value("int64"),
+    }
+    verdict = {"sample_index": datasets.Value("int64"), "split": datasets.Value("string"), "answer": datasets.Value("string")}
+    return datasets.Features({
+        "feature": datasets.Value("int64"),
+        "frequency": datasets.Value("float64"),
+        "is_dead": datasets.Value("bool"),
+        "is_dense": datasets.Value("bool"),
+        "selection_count": datasets.Value("int64"),
+        "samples": datasets.List(sample),
+        "non_activating": datasets.List(sample),
+        "explanation": datasets.Value("string"),
+        "comsem_score": datasets.Value("float64"),
+        "verdicts": datasets.List(verdict),
+        "comsem_status": datasets.Value("string"),
+        "balanced_accuracy": datasets.Value("float64"),
+        "judge_failures": datasets.Value("int64"),
+    })
+
+
+def save_atlas(dataset, info: AtlasInfo, path: str | os.PathLike) -> Path:
+    """Save the atlas with `save_to_disk` and its metadata as `atlas.json` in the same folder."""
+    if len(dataset) == 0:
+        raise ValueError("The atlas is empty (no features): nothing to save.")
+    path = Path(path)
+    dataset.save_to_disk(str(path))
+    save_atlas_info(info, path)
+    return path
+
+
+def load_atlas(path: str | os.PathLike):
+    """Load an atlas saved by `save_atlas`: returns `(datasets.Dataset, AtlasInfo)`."""
+    import datasets
+
+    path = Path(path)
+    info = read_atlas_info(path)
+    state = json.loads((path / ATLAS_STATE_FILE).read_text()) if (path / ATLAS_STATE_FILE).is_file() else {}
+    # datasets cannot load a saved dataset with no rows (it has no data files).
+    dataset = datasets.load_from_disk(str(path)) if state.get("_data_files", [None]) else []
+    if len(dataset) == 0:
+        raise ValueError(f"The atlas at {path} is empty (no features): rebuild it with `hf-bae atlas` over a non-empty corpus.")
+    return dataset, info
+
+
+def check_atlas_matches(info: AtlasInfo, dictionary: Any, atlas_path: str | os.PathLike = "the atlas") -> None:
+    """Raise ValueError if the atlas was not built from `dictionary` (`hf_bae.formats.atlas_mismatches`:
+    width, provenance, kind, then the config + weights fingerprint, which must be recorded)."""
+    problems = atlas_mismatches(info, dictionary)
+    if not problems and not info.dictionary_fingerprint:
+        problems = ["the atlas records no dictionary fingerprint"]
+    if problems:
+        raise ValueError(
+            f"{atlas_path} was built from another dictionary than the one given: {'; '.join(problems)}. "
+            "Rebuild it with `hf-bae atlas` for this dictionary, or pass the matching dictionary."
+        )

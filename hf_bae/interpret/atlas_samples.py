@@ -1,0 +1,146 @@
+"""Which samples an atlas keeps, as state over the activation stream: per feature the first
+(corpus order, the paper's) or best-scoring samples (`SampleSelector`), a uniform sample of tokens
+where it does not fire (`NegativeSampler`), and the sample records with their contexts
+(`ContextBuilder`).
+
+The sample unit is a token in its context. Texts are packed into rows of `context_length` tokens
+(hf_bae.activations), so a sample's context is the stretch of its row between document
+boundaries (special tokens such as BOS/EOS start a new stretch), optionally cut to
+`max_context_tokens` tokens either side of the token. `position` is the token's index in that
+stretch (a leading BOS is index 0, as in the original, which tokenized each sentence with BOS).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class SampleSelector:
+    """Keeps, per feature, the first (corpus) or best (top) `capacity` samples seen so far."""
+
+    def __init__(self, num_features: int, capacity: int, mode: str):
+        self.num_features, self.capacity, self.mode = num_features, capacity, mode
+        self.selection_count = np.zeros(num_features, dtype=np.int64)
+        self._cols: dict[str, np.ndarray] = {
+            "feature": np.empty(0, np.int64), "seq": np.empty(0, np.int64), "score": np.empty(0, np.float64),
+            "tie": np.empty(0, np.float64), "activation": np.empty(0, np.float64),
+        }
+
+    def add(self, feature: np.ndarray, seq: np.ndarray, score: np.ndarray, tie: np.ndarray, activation: np.ndarray) -> None:
+        self.selection_count += np.bincount(feature, minlength=self.num_features)
+        new = {"feature": feature, "seq": seq, "score": score, "tie": tie, "activation": activation}
+        if self.mode == "corpus":
+            # Samples arrive in corpus order: a full feature keeps what it has.
+            kept = np.bincount(self._cols["feature"], minlength=self.num_features)
+            room = kept[feature] < self.capacity
+            new = {k: v[room] for k, v in new.items()}
+        cols = {k: np.concatenate([self._cols[k], new[k]]) for k in self._cols}
+        if self.mode == "corpus":
+            order = np.lexsort((cols["seq"], cols["feature"]))
+        else:
+            order = np.lexsort((cols["seq"], -cols["tie"], -cols["score"], cols["feature"]))
+        cols = {k: v[order] for k, v in cols.items()}
+        f = cols["feature"]
+        starts = np.searchsorted(f, f, side="left")
+        keep = (np.arange(len(f)) - starts) < self.capacity
+        self._cols = {k: v[keep] for k, v in cols.items()}
+
+    def per_feature(self) -> list[dict[str, np.ndarray]]:
+        f = self._cols["feature"]
+        bounds = np.searchsorted(f, np.arange(self.num_features + 1), side="left")
+        return [{k: v[bounds[j]:bounds[j + 1]] for k, v in self._cols.items()} for j in range(self.num_features)]
+
+
+class NegativeSampler:
+    """Uniform sample (without replacement) of `capacity` eligible tokens per feature, by random priorities."""
+
+    def __init__(self, num_features: int, capacity: int, seed: int):
+        self.capacity = capacity
+        self._gen = torch.Generator().manual_seed(seed + 1)
+        self.keys = torch.full((capacity, num_features), math.inf)
+        self.seqs = torch.full((capacity, num_features), -1, dtype=torch.int64)
+
+    def add(self, eligible: torch.Tensor, seq: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        n, m = eligible.shape
+        keys = torch.rand(n, m, generator=self._gen).masked_fill_(~eligible, math.inf)
+        best = torch.cat([self.keys, keys]).topk(self.capacity, dim=0, largest=False)
+        idx = best.indices  # < capacity: a kept sample; else a token of this batch
+        old = self.seqs.gather(0, idx.clamp(max=self.capacity - 1))
+        self.seqs = torch.where(idx < self.capacity, old, seq[(idx - self.capacity).clamp(min=0)])
+        self.keys = best.values
+
+    def per_feature(self, j: int) -> list[int]:
+        if self.capacity == 0:
+            return []
+        ok = torch.isfinite(self.keys[:, j])
+        return sorted(self.seqs[ok, j].tolist())
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class ContextBuilder:
+    """Builds sample records (token, context, character offsets) from packed rows."""
+
+    def __init__(self, tokenizer: Any, rows: np.ndarray, max_context_tokens: int | None):
+        self.tok = tokenizer
+        self.rows = rows
+        self.max_context = max_context_tokens
+        # Special tokens (BOS, EOS, pad, chat markers) separate documents in packed rows; UNK does not.
+        self.boundaries = set(getattr(tokenizer, "all_special_ids", []) or []) - {getattr(tokenizer, "unk_token_id", None)}
+        self._segments: dict[int, np.ndarray] = {}
+        self._decoded: dict[tuple[int, int, int], str] = {}
+
+    def _segment(self, row: int, pos: int) -> tuple[int, int]:
+        """[start, end) of the document stretch of `row` containing `pos` (special tokens open stretches)."""
+        if row not in self._segments:
+            ids = self.rows[row]
+            self._segments[row] = np.flatnonzero(np.isin(ids, list(self.boundaries))) if self.boundaries else np.empty(0, np.int64)
+        opens = self._segments[row]
+        i = np.searchsorted(opens, pos, side="right")
+        start = int(opens[i - 1]) if i > 0 else 0
+        end = int(opens[i]) if i < len(opens) else len(self.rows[row])
+        return start, end
+
+    def _decode(self, row: int, start: int, end: int) -> str:
+        key = (row, start, end)
+        if key not in self._decoded:
+            self._decoded[key] = self.tok.decode(self.rows[row][start:end].tolist(), skip_special_tokens=True)
+        return self._decoded[key]
+
+    def record(self, seq: int, score: float, activation: float) -> dict[str, Any]:
+        ctx_len = self.rows.shape[1]
+        row, pos = divmod(int(seq), ctx_len)
+        start, end = self._segment(row, pos)
+        if self.max_context is not None:
+            start, end = max(start, pos - self.max_context), min(end, pos + self.max_context + 1)
+        text = self._decode(row, start, end)
+        before = common_prefix_length(self._decode(row, start, pos), text)
+        after = common_prefix_length(self._decode(row, start, pos + 1), text)
+        # The token's span, without the whitespace that BPE tokens carry.
+        while before < after and text[before].isspace():
+            before += 1
+        token_id = int(self.rows[row][pos])
+        return {
+            "token": self.tok.decode([token_id]),
+            "token_id": token_id,
+            "position": pos - start,
+            "context": text,
+            "start": before,
+            "end": max(before, after),
+            "score": float(score),
+            "activation": float(activation),
+            "row": row,
+            "row_position": pos,
+        }

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from hf_bae.activation_cache import ActivationCache, harvest
 from hf_bae.activations import Site, load_texts
+from hf_bae.cache import ActivationCache, harvest
 from hf_bae.testing import tiny_causal_lm
 
 

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModel
 
 import hf_bae  # noqa: F401  (registers the dictionary classes with AutoModel)
-from hf_bae.activations import ActivationCache
+from hf_bae.cache import ActivationCache
 from hf_bae.sources import CacheSource
 
 

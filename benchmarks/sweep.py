@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
-from hf_bae.activations import ActivationCache, load_language_model
+from hf_bae.activations import load_language_model
+from hf_bae.cache import ActivationCache
 from hf_bae.entropy import EntropyAccumulator, encode_codes
 from hf_bae.presets import ORIGINAL_BAE
 from hf_bae.sources import CacheSource

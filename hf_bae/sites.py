@@ -23,7 +23,6 @@ of them (a private exception raised from the hook), so a middle layer costs half
 dictionary's reconstruction is spliced in to measure downstream loss.
 """
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from .configuration import SITES
+from .formats import hookpoint, parse_hookpoint
 
 # Forward order of the sites inside one decoder layer.
 _ORDER = {"mlp_in": 0, "mlp_out": 1, "resid_post": 2}
@@ -49,7 +49,6 @@ _LAYER_PATHS = (
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
 # Norms applied to the MLP output before it joins the residual stream (part of mlp_out).
 _POST_MLP_NORMS = ("post_feedforward_layernorm",)
-_SITE_RE = re.compile(r"^(?:layers\.)?(\d+)\.([a-z_]+)$")
 
 
 @dataclass(frozen=True)
@@ -74,16 +73,17 @@ class Site:
         """Read `layers.5.resid_post` (canonical) or `5.resid_post`; a `Site` is returned as is."""
         if isinstance(text, Site):
             return text
-        match = _SITE_RE.match(str(text).strip())
-        if match is None:
+        try:
+            layer, name = parse_hookpoint(str(text))
+        except ValueError:
             raise ValueError(
                 f"Cannot read site {text!r}: write it as 'layers.<layer>.<site>' with <site> one of "
                 f"{', '.join(SITES)}, e.g. 'layers.5.resid_post'."
-            )
-        return cls(int(match.group(1)), match.group(2))
+            ) from None
+        return cls(layer, name)
 
     def __str__(self) -> str:
-        return f"layers.{self.layer}.{self.name}"
+        return hookpoint(self.layer, self.name)
 
     @property
     def order(self) -> tuple[int, int]:

@@ -9,7 +9,7 @@ is what makes `--resume` continue on the same data, neither repeating nor skippi
 Three sources:
 
 - `TensorSource`: activations already in memory (tests, notebooks, the benchmarks).
-- `CacheSource`: a shard cache written by `hf-bae harvest` (`hf_bae.activations.ActivationCache`).
+- `CacheSource`: a shard cache written by `hf-bae harvest` (`hf_bae.cache.ActivationCache`).
 - `LiveSource`: a language model run on streamed text (`hf_bae.activations.stream_activations`),
   mixed across many sequences in seeded chunks before batches are cut.
 
@@ -26,6 +26,12 @@ from typing import Any
 
 import torch
 
+from .activations.language_models import model_name_of, model_revision_of
+from .activations.streaming import stream_activations, token_filter_description
+from .cache.reader import ActivationCache
+from .embedded import EMBEDDED_DATASET_ID
+from .sites import Site
+
 # Seeds of the per-epoch / per-chunk permutations are derived from (seed, rank, index) so that a
 # resumed run draws the very same permutation without any saved generator state.
 _SEED_STRIDE = 1_000_003
@@ -41,9 +47,6 @@ def activation_provenance(model_name_or_path: str, revision: str | None = None, 
     """What a dictionary config records about live activations (the one place it is assembled): the LM's
     Hub id and revision (the embedded model's recorded ones, so that it resolves back to it), the
     dataset (the embedded corpus by its id), the context length and the token filter."""
-    from .activations import model_name_of, model_revision_of, token_filter_description
-    from .embedded import EMBEDDED_DATASET_ID
-
     return {"base_model": model_name_of(model_name_or_path),
             "base_model_revision": model_revision_of(model_name_or_path, revision),
             "dataset": EMBEDDED_DATASET_ID if dataset == "embedded" else dataset,
@@ -181,7 +184,7 @@ class CacheSource(ActivationSource):
     """A shard cache on disk (`hf-bae harvest`), split in order into training and validation parts.
 
     Args:
-        path: the cache folder (or an opened `hf_bae.activations.ActivationCache`).
+        path: the cache folder (or an opened `hf_bae.cache.ActivationCache`).
         sites: the sites to read (all must be in the cache; a transcoder reads two in step).
         train_fraction: the first `train_fraction` of the cache trains, the rest validates (the
             original's `--dataset_split`, which split in order without shuffling).
@@ -191,8 +194,6 @@ class CacheSource(ActivationSource):
 
     def __init__(self, path: Any, sites: Iterable[str], *, train_fraction: float = 0.8, seed: int = 0,
                  rank: int = 0, world_size: int = 1, model_name: str | None = None, hidden_size: int | None = None):
-        from .activations import ActivationCache
-
         self.cache = path if isinstance(path, ActivationCache) else ActivationCache(path)
         self.sites = tuple(sites)
         self.cache.check_compatible(model_name, list(self.sites), hidden_size=hidden_size)
@@ -284,8 +285,6 @@ class LiveSource(ActivationSource):
         self._sizes: dict[str, int] = {}
 
     def _stream(self, texts: Iterable[str], skip_rows: int = 0):
-        from .activations import Site, stream_activations
-
         return stream_activations(
             self.model, self.tokenizer, texts, [Site.parse(s) for s in self.sites],
             context_length=self.context_length, batch_size=self.lm_batch_size,

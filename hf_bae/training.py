@@ -1048,8 +1048,9 @@ def train(args: TrainingArguments, dictionary: Any = None, bae: Any = None, sae:
     language_model = tokenizer = None
     if args.cache is not None:
         from . import activations
+        from .cache import ActivationCache
 
-        cache = activations.ActivationCache(args.cache)
+        cache = ActivationCache(args.cache)
         layers = cache.manifest.layers
         if args.layer is None and len(layers) != 1:
             raise ValueError(f"The cache at {args.cache} holds layers {layers}: choose one with --layer.")

@@ -8,7 +8,7 @@ import torch
 from accelerate.state import AcceleratorState
 
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
-from hf_bae.activations import harvest
+from hf_bae.cache import harvest
 from hf_bae.cli import train as train_cli
 from hf_bae.evaluation import downstream_fidelity
 from hf_bae.sources import CacheSource, LiveSource

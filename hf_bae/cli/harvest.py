@@ -22,8 +22,6 @@ _STORAGE = ("float32", "float16", "bfloat16")
 _COMPUTE = ("float32", "bfloat16", "float16", "auto")
 
 
-
-
 @dataclass
 class HarvestArguments:
     output_dir: str | None = option(None, "Folder of the cache (created). Running again with the same folder resumes an interrupted harvest.")
@@ -65,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args,) = parse([HarvestArguments], argv, prog="hf-bae harvest", description=__doc__.split("\n\n")[0])
     if not args.output_dir:
         raise SystemExit("hf-bae harvest: --output_dir is required.")
-    from ..activation_cache import ActivationCache, harvest, import_legacy_pickle
+    from ..cache import ActivationCache, harvest, import_legacy_pickle
 
     start = time.perf_counter()
     if args.from_pickle:
@@ -85,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("hf-bae harvest: name the sites to harvest, e.g. --sites layers.14.resid_post.")
         import torch
 
-        from ..activations import load_language_model, load_texts
+        from ..activations.language_models import load_language_model
+        from ..activations.texts import load_texts
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_language_model(args.model, revision=args.revision, dtype=args.model_dtype, device=device)

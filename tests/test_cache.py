@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_bae.activation_cache import MANIFEST_NAME, ActivationCache, CacheManifest, harvest, import_legacy_pickle
 from hf_bae.activations import stream_activations
+from hf_bae.cache import ActivationCache, CacheManifest, harvest, import_legacy_pickle
 from hf_bae.cli import main as cli_main
+from hf_bae.formats import CACHE_MANIFEST_FILE
 from hf_bae.testing import small_corpus
 
 TEXTS = list(small_corpus())
@@ -180,15 +181,15 @@ def test_exhausted_text_and_half_precision_storage(tmp_path, tiny_lm):
 def test_missing_and_damaged_manifest(tmp_path, cache):
     with pytest.raises(FileNotFoundError, match="manifest.json is missing.*hf-bae harvest"):
         ActivationCache(tmp_path)
-    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    (tmp_path / CACHE_MANIFEST_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         ActivationCache(tmp_path)
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": "something else"}))
+    (tmp_path / CACHE_MANIFEST_FILE).write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not an hf_bae activation cache"):
         ActivationCache(tmp_path)
-    data = json.loads((cache.path / MANIFEST_NAME).read_text())
+    data = json.loads((cache.path / CACHE_MANIFEST_FILE).read_text())
     data["shards"][0]["file"] = "gone.safetensors"
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    (tmp_path / CACHE_MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(ValueError, match="shard gone.safetensors is missing"):
         ActivationCache(tmp_path)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from space_fixtures import synthetic_atlas  # noqa: E402
 
 from hf_bae import BAEConfig, BinaryAutoencoder  # noqa: E402
-from hf_bae.feature_browser import Atlas, Dictionary, FeatureBrowser  # noqa: E402
+from hf_bae.browser import Atlas, Dictionary, FeatureBrowser  # noqa: E402
 
 
 def timed(fn, repeat: int = 5) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .feature_browser import DEFAULT_MAX_TOKENS, TABLE_COLUMNS, TABLE_SORT_KEYS, FeatureBrowser
+from .browser import DEFAULT_MAX_TOKENS, TABLE_COLUMNS, TABLE_SORT_KEYS, FeatureBrowser
 
 ENV_PREFIX = "HF_BAE_"
 
@@ -68,21 +68,25 @@ element.addEventListener('click', (event) => {
 class SpaceArguments:
     """Options of the feature browser (`hf-bae space`, `python spaces_app/app.py`). Each can also be
     set by an environment variable named HF_BAE_<FIELD> (e.g. HF_BAE_ATLAS=dir1,dir2), which is how
-    a Space is configured."""
+    a Space is configured; the old names HF_BAE_MODEL (dictionary) and HF_BAE_LM (language model)
+    are still read."""
 
     atlas: list[str] = field(
         default_factory=list,
         metadata={"help": "Feature atlas folder(s) or Hub dataset id(s) written by `hf-bae atlas`. Several: compared side by side. "
                   "None: a small default atlas of the embedded model is built (once, then cached)."},
     )
-    model: list[str] = field(
+    dictionary: list[str] = field(
         default_factory=list,
         metadata={"help": "Dictionary folder(s) or Hub id(s), one per atlas in the same order; needed for neighbours and Try it. "
-                  "A missing one falls back to the dictionary recorded in the atlas."},
+                  "A missing one falls back to the dictionary recorded in the atlas. --model is its old name, still accepted.",
+                  "aliases": ["--model"]},
     )
     name: list[str] = field(default_factory=list, metadata={"help": "Labels of the atlases (default: the dictionary type)."})
-    lm: str | None = field(
-        default=None, metadata={"help": "Language model for Try it (default: the dictionary's base_model)."}
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Language model for Try it (default: the dictionary's base_model). --lm is its old name, still accepted.",
+                  "aliases": ["--lm"]},
     )
     max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata={"help": "Try-it input is truncated to this many tokens."})
     host: str | None = field(default=None, metadata={"help": "Address to listen on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME)."})
@@ -95,23 +99,34 @@ class SpaceArguments:
     def __post_init__(self):
         if self.max_tokens < 1:
             raise ValueError(f"--max_tokens must be >= 1, got {self.max_tokens}.")
-        if len(self.model) > len(self.atlas) and self.atlas:
-            raise ValueError(f"Got {len(self.model)} --model for {len(self.atlas)} --atlas: pass one dictionary per atlas, in the same order.")
+        if len(self.dictionary) > len(self.atlas) and self.atlas:
+            raise ValueError(f"Got {len(self.dictionary)} --dictionary for {len(self.atlas)} --atlas: pass one dictionary per atlas, "
+                             "in the same order.")
+
+
+# Environment variables of each option, the first set one wins (the later names are the old ones).
+ENVIRONMENT_NAMES = {
+    "atlas": ("ATLAS",),
+    "dictionary": ("DICTIONARY", "MODEL"),
+    "name": ("NAME",),
+    "base_model": ("BASE_MODEL", "LM"),
+    "max_tokens": ("MAX_TOKENS",),
+    "cache_dir": ("CACHE_DIR",),
+}
 
 
 def apply_environment(args: SpaceArguments, environ: dict[str, str] | None = None) -> SpaceArguments:
-    """Fill options left unset on the command line from HF_BAE_* environment variables."""
+    """Fill options left unset on the command line from HF_BAE_* environment variables (`ENVIRONMENT_NAMES`)."""
     environ = os.environ if environ is None else environ
-    for name, default in (("atlas", []), ("model", []), ("name", [])):
-        value = environ.get(ENV_PREFIX + name.upper())
-        if getattr(args, name) == default and value:
-            setattr(args, name, [v.strip() for v in value.split(",") if v.strip()])
-    if args.lm is None and environ.get(ENV_PREFIX + "LM"):
-        args.lm = environ[ENV_PREFIX + "LM"]
-    if args.max_tokens == DEFAULT_MAX_TOKENS and environ.get(ENV_PREFIX + "MAX_TOKENS"):
-        args.max_tokens = int(environ[ENV_PREFIX + "MAX_TOKENS"])
-    if args.cache_dir is None and environ.get(ENV_PREFIX + "CACHE_DIR"):
-        args.cache_dir = environ[ENV_PREFIX + "CACHE_DIR"]
+    defaults = SpaceArguments()
+    for option, names in ENVIRONMENT_NAMES.items():
+        value = next((environ[ENV_PREFIX + n] for n in names if environ.get(ENV_PREFIX + n)), None)
+        if value is None or getattr(args, option) != getattr(defaults, option):
+            continue
+        if isinstance(getattr(defaults, option), list):
+            setattr(args, option, [v.strip() for v in value.split(",") if v.strip()])
+        else:
+            setattr(args, option, int(value) if option == "max_tokens" else value)
     args.__post_init__()
     return args
 
@@ -182,11 +197,11 @@ def default_inputs(cache_dir: str | os.PathLike | None = None, *, train_tokens: 
 
 def browser_from_arguments(args: SpaceArguments) -> FeatureBrowser:
     """Load what `args` names (or build the default atlas when it names none)."""
-    atlases, models = list(args.atlas), list(args.model)
+    atlases, dictionaries = list(args.atlas), list(args.dictionary)
     if not atlases:
-        model_dir, atlas_dir = default_inputs(args.cache_dir)
-        atlases, models = [atlas_dir], [model_dir]
-    return FeatureBrowser.from_paths(atlases, models, language_model=args.lm, names=args.name, max_tokens=args.max_tokens)
+        dictionary_dir, atlas_dir = default_inputs(args.cache_dir)
+        atlases, dictionaries = [atlas_dir], [dictionary_dir]
+    return FeatureBrowser.from_paths(atlases, dictionaries, language_model=args.base_model, names=args.name, max_tokens=args.max_tokens)
 
 
 def _image(png: bytes):

@@ -1,9 +1,10 @@
 """hf_bae feature browser: a Gradio Space over a dictionary (BAE or SAE) and its feature atlas.
 
-Run locally:      python spaces_app/app.py --model DIR --atlas DIR      (or `hf-bae space ...`)
+Run locally:      python spaces_app/app.py --dictionary DIR --atlas DIR      (or `hf-bae space ...`)
 As a Space:       this folder unchanged; configure it with Space variables
                   HF_BAE_ATLAS (atlas folder(s) / Hub dataset id(s), comma-separated),
-                  HF_BAE_MODEL (dictionary folder(s) / Hub id(s), same order), HF_BAE_LM (optional).
+                  HF_BAE_DICTIONARY (dictionary folder(s) / Hub id(s), same order; old name HF_BAE_MODEL),
+                  HF_BAE_BASE_MODEL (optional language model; old name HF_BAE_LM).
 With neither, a small default atlas of the embedded model is built on first start and cached.
 """
 

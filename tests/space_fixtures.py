@@ -4,7 +4,7 @@ and a helper that serves the app on 127.0.0.1."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import socket
 import time
 from pathlib import Path
@@ -60,75 +60,89 @@ def tiny_dictionary(path: Path, lm_path: Path, kind: str = "bae", hidden_size: i
     return model
 
 
-def _sample(context: str, start: int, end: int, token_id: int, position: int, score: float) -> dict:
-    return dict(token=context[start:end], token_id=int(token_id), position=int(position), context=context, start=int(start), end=int(end), score=float(score))
+def _sample(context: str, start: int, end: int, token_id: int, position: int, score: float, activation: float, row: int) -> dict:
+    # Each text is one row of the corpus here, so a token's position in its context is its row position.
+    return dict(token=context[start:end], token_id=int(token_id), position=int(position), context=context, start=int(start), end=int(end),
+                score=float(score), activation=float(activation), row=int(row), row_position=int(position))
+
+
+def _comsem_fields(score: float | None, verdicts: list[dict]) -> dict:
+    """The ComSem columns `hf-bae interpret` fills, for a hand-made explanation: scored when it has a
+    score; balanced accuracy where negative verdicts give a specificity."""
+    negatives = [v for v in verdicts if v["split"] == "negative"]
+    specificity = sum(v["answer"] == "no" for v in negatives) / len(negatives) if negatives else None
+    balanced = (score + specificity) / 2 if score is not None and specificity is not None else None
+    return dict(comsem_status="scored" if score is not None else None, balanced_accuracy=balanced, judge_failures=0)
 
 
 def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_feature: int = 8, explanations: dict | None = None,
                 info: dict | None = None) -> list[dict]:
-    """Run the LM + dictionary over TEXTS and write an atlas in the `hf-bae atlas` schema.
+    """Run the LM + dictionary over TEXTS and write an atlas in the `hf-bae atlas` schema
+    (`atlas_features`, metadata saved with `hf_bae.formats.save_atlas_info`).
 
     Samples of a feature are the tokens where it fires, strongest first (BAE: all firing tokens
     score 1 - frequency; SAE: the latent). Returns the rows written."""
     import datasets
 
-    from hf_bae.feature_browser import Dictionary
+    from hf_bae.formats import AtlasInfo, save_atlas_info
 
-    d = Dictionary(dictionary)
-    records = []  # (text, start, end, token_id, position, fired, value)
+    records = []  # (text, start, end, token_id, position, row, fired, value)
     with torch.inference_mode():
-        for text in TEXTS:
+        for row, text in enumerate(TEXTS):
             enc = tokenizer(text, return_offsets_mapping=True)
             ids = torch.tensor([enc["input_ids"]])
             hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0]
-            fired, value = d.activations(hidden)
+            value, fired = dictionary.feature_values(hidden)
             for pos, (tid, (s, e)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
                 if tid in tokenizer.all_special_ids:
                     continue
-                records.append((text, s, e, tid, pos, fired[pos], value[pos]))
-    fired = torch.stack([r[5] for r in records])
-    value = torch.stack([r[6] for r in records])
+                records.append((text, s, e, tid, pos, row, fired[pos], value[pos]))
+    fired = torch.stack([r[6] for r in records])
+    value = torch.stack([r[7] for r in records])
     freq = fired.float().mean(0)
     rows = []
     explanations = explanations or {}
-    for j in range(d.num_features):
+
+    def sample(i: int, j: int, score: float) -> dict:
+        text, s, e, tid, pos, row = records[i][:6]
+        return _sample(text, s, e, tid, pos, score, value[i, j].item(), row)
+
+    for j in range(dictionary.num_features):
         idx = fired[:, j].nonzero().flatten().tolist()
-        score = (1 - freq[j]).item() if d.score_is_deviation else None
+        score = (1 - freq[j]).item() if dictionary.score_is_deviation else None
         idx.sort(key=lambda i: -(value[i, j].item() if score is None else score))
-        samples = [_sample(*records[i][:5], score if score is not None else value[i, j].item()) for i in idx[:per_feature]]
+        samples = [sample(i, j, score if score is not None else value[i, j].item()) for i in idx[:per_feature]]
         quiet = (~fired[:, j]).nonzero().flatten().tolist()[:2]
-        non_activating = [_sample(*records[i][:5], 0.0) for i in quiet]
+        non_activating = [sample(i, j, 0.0) for i in quiet]
         expl, comsem, verdicts = explanations.get(j, (None, None, []))
         rows.append(dict(
-            feature=j, frequency=float(freq[j]), is_dead=bool(freq[j] == 0), is_dense=bool(freq[j] > 0.1),
+            feature=j, frequency=float(freq[j]), is_dead=bool(freq[j] == 0), is_dense=bool(freq[j] > 0.1), selection_count=len(idx),
             samples=samples, non_activating=non_activating, explanation=expl, comsem_score=comsem, verdicts=verdicts,
+            **_comsem_fields(comsem, verdicts),
         ))
-    features = atlas_features()
-    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(path))
-    meta = {"dictionary_type": d.kind, "num_features": d.num_features, "base_model": dictionary.config.base_model,
-            "layer": layer, "site": "resid_post", "num_tokens": len(records), "dense_threshold": 0.1}
-    meta.update(info or {})
-    (Path(path) / "atlas.json").write_text(json.dumps(meta))
+    datasets.Dataset.from_list(rows, features=atlas_features()).save_to_disk(str(path))
+    meta = AtlasInfo(
+        dictionary_type=dictionary.kind, num_features=dictionary.num_features, base_model=dictionary.config.base_model,
+        base_model_revision=dictionary.config.base_model_revision, layer=layer, site="resid_post", num_texts=len(TEXTS),
+        num_tokens=len(records), num_rows=len(TEXTS), dense_threshold=0.1, samples_per_feature=per_feature, num_non_activating=2,
+        dead_features=sum(r["is_dead"] for r in rows), dense_features=sum(r["is_dense"] for r in rows),
+    )
+    save_atlas_info(AtlasInfo.from_dict({**dataclasses.asdict(meta), **(info or {})}), path)
     return rows
 
 
 def atlas_features():
-    import datasets
+    """The atlas schema, from where `hf-bae atlas` defines it."""
+    from hf_bae.interpret.atlas_format import atlas_features
 
-    sample = {"token": datasets.Value("string"), "token_id": datasets.Value("int64"), "position": datasets.Value("int64"),
-              "context": datasets.Value("string"), "start": datasets.Value("int64"), "end": datasets.Value("int64"),
-              "score": datasets.Value("float64")}
-    verdict = {"sample_index": datasets.Value("int64"), "split": datasets.Value("string"), "answer": datasets.Value("string")}
-    return datasets.Features({
-        "feature": datasets.Value("int64"), "frequency": datasets.Value("float64"), "is_dead": datasets.Value("bool"),
-        "is_dense": datasets.Value("bool"), "samples": datasets.List(sample), "non_activating": datasets.List(sample),
-        "explanation": datasets.Value("string"), "comsem_score": datasets.Value("float64"), "verdicts": datasets.List(verdict),
-    })
+    return atlas_features()
 
 
 def synthetic_atlas(path: Path, num_features: int = 10_000, samples_per_feature: int = 10, seed: int = 0) -> None:
     """A large atlas with random content, written column-wise through Arrow (seconds, not minutes)."""
     import datasets
+
+    from hf_bae.formats import AtlasInfo, save_atlas_info
 
     rng = np.random.default_rng(seed)
     n, k = num_features, samples_per_feature
@@ -138,10 +152,12 @@ def synthetic_atlas(path: Path, num_features: int = 10_000, samples_per_feature:
     contexts = [f"sample {i} of the synthetic atlas with word {words[i % len(words)]} inside" for i in range(n * k)]
     starts = np.array([c.index("word ") + 5 for c in contexts])
     ends = np.array([s + len(str(words[i % len(words)])) for i, s in enumerate(starts)])
+    positions = rng.integers(0, 128, n * k)
     sample_struct = pa.StructArray.from_arrays(
         [pa.array([str(words[i % len(words)]) for i in range(n * k)]), pa.array(rng.integers(0, 50_000, n * k)),
-         pa.array(rng.integers(0, 128, n * k)), pa.array(contexts), pa.array(starts), pa.array(ends), pa.array(rng.random(n * k))],
-        names=["token", "token_id", "position", "context", "start", "end", "score"],
+         pa.array(positions), pa.array(contexts), pa.array(starts), pa.array(ends), pa.array(rng.random(n * k)),
+         pa.array(rng.random(n * k)), pa.array(rng.integers(0, 100_000, n * k)), pa.array(positions)],
+        names=["token", "token_id", "position", "context", "start", "end", "score", "activation", "row", "row_position"],
     )
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
     samples = pa.ListArray.from_arrays(offsets, sample_struct)
@@ -155,13 +171,16 @@ def synthetic_atlas(path: Path, num_features: int = 10_000, samples_per_feature:
     explained = rng.random(n) < 0.9
     table = pa.table({
         "feature": pa.array(np.arange(n)), "frequency": pa.array(freq), "is_dead": pa.array(freq == 0), "is_dense": pa.array(freq > 0.1),
-        "samples": samples, "non_activating": empty,
+        "selection_count": pa.array(np.where(freq > 0, k, 0)), "samples": samples, "non_activating": empty,
         "explanation": pa.array([f"feature {j} explanation about {words[j % len(words)]}" if e else None for j, e in enumerate(explained)]),
         "comsem_score": pa.array(np.where(explained, score, np.nan), from_pandas=True), "verdicts": verdicts,
+        "comsem_status": pa.array(["scored" if e else None for e in explained], pa.string()), "balanced_accuracy": pa.nulls(n, pa.float64()),
+        "judge_failures": pa.array(np.zeros(n, dtype=np.int64)),
     })
     ds = datasets.Dataset(table).cast(atlas_features())
     ds.save_to_disk(str(path))
-    (Path(path) / "atlas.json").write_text(json.dumps({"dictionary_type": "BAE", "num_features": n, "num_tokens": 1_000_000, "dense_threshold": 0.1}))
+    save_atlas_info(AtlasInfo(dictionary_type="BAE", num_features=n, num_tokens=1_000_000, dense_threshold=0.1,
+                              dead_features=int((freq == 0).sum()), dense_features=int((freq > 0.1).sum())), path)
 
 
 def free_port() -> int:

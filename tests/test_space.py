@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_bae.feature_browser import Atlas, Dictionary, FeatureBrowser, check_compatible, highlight_context
+from hf_bae.browser import Atlas, Dictionary, FeatureBrowser, check_compatible, highlight_context
 from space_fixtures import build_atlas, serve, synthetic_atlas, tiny_dictionary, tiny_language_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def test_an_atlas_without_its_dictionary_is_browsable(world, tmp_path):
     browser = FeatureBrowser([atlas])
     page = browser.feature("random", 1)
     assert page.neighbours == [] and "Neighbours need the dictionary" in page.header_html
-    with pytest.raises(ValueError, match="Try it needs the dictionary of atlas 'random': pass `--model DIR`"):
+    with pytest.raises(ValueError, match="Try it needs the dictionary of atlas 'random': pass `--dictionary DIR`"):
         browser.try_it("random", "The cat")
 
 
@@ -183,17 +183,41 @@ def test_model_atlas_mismatch_is_refused(world, tmp_path):
 
 
 def test_an_atlas_of_another_dictionary_of_the_same_shape_is_refused(world, tmp_path):
-    from hf_bae.interpret.atlas import dictionary_fingerprint
+    from hf_bae.formats import read_atlas_info, save_atlas_info
 
     shutil.copytree(world["root"] / "bae-atlas-explained", tmp_path / "atlas")
-    info = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
-    (tmp_path / "atlas" / "atlas.json").write_text(json.dumps({**info, "dictionary_fingerprint": dictionary_fingerprint(world["bae"])}))
+    info = read_atlas_info(tmp_path / "atlas")
+    info.dictionary_fingerprint = world["bae"].fingerprint()
+    save_atlas_info(info, tmp_path / "atlas")
     FeatureBrowser.from_paths([str(tmp_path / "atlas")], [str(world["root"] / "bae")])  # the right one loads
     retrained = Dictionary(tiny_dictionary(tmp_path / "other", world["root"] / "lm"))
     with torch.no_grad():
         retrained.model.decoder.weight.mul_(1.01)
     with pytest.raises(ValueError, match="another dictionary of the same shape"):
         check_compatible(Atlas.load(tmp_path / "atlas"), retrained)
+
+
+def test_cli_names_the_dictionary_and_the_language_model_as_every_command_does():
+    """--dictionary / --base_model (and HF_BAE_DICTIONARY / HF_BAE_BASE_MODEL), with the old names
+    --model / --lm (HF_BAE_MODEL / HF_BAE_LM) still accepted."""
+    from hf_bae.arguments import parse
+    from hf_bae.space import SpaceArguments, apply_environment
+
+    def parsed(argv, environ=None):
+        (args,) = parse([SpaceArguments], argv, prog="hf-bae space", description="")
+        return apply_environment(args, environ or {})
+
+    new = parsed(["--atlas", "a1", "a2", "--dictionary", "d1", "d2", "--base_model", "lm"])
+    old = parsed(["--atlas", "a1", "a2", "--model", "d1", "d2", "--lm", "lm"])
+    assert (new.dictionary, new.base_model) == (old.dictionary, old.base_model) == (["d1", "d2"], "lm")
+    for environ in ({"HF_BAE_DICTIONARY": "d1,d2", "HF_BAE_BASE_MODEL": "lm"}, {"HF_BAE_MODEL": "d1, d2", "HF_BAE_LM": "lm"}):
+        args = parsed(["--atlas", "a1", "a2"], {**environ, "HF_BAE_MAX_TOKENS": "32"})
+        assert (args.dictionary, args.base_model, args.max_tokens) == (["d1", "d2"], "lm", 32)
+    # The new name wins over the old one, and a flag over either variable.
+    args = parsed(["--atlas", "a1", "--base_model", "flag"], {"HF_BAE_DICTIONARY": "new", "HF_BAE_MODEL": "old", "HF_BAE_LM": "env"})
+    assert (args.dictionary, args.base_model) == (["new"], "flag")
+    with pytest.raises(ValueError, match="Got 2 --dictionary for 1 --atlas"):
+        parsed(["--atlas", "a1", "--model", "d1", "d2"])
 
 
 def test_cli_reports_bad_paths(tmp_path, capsys):
@@ -328,7 +352,7 @@ import datasets
 from huggingface_hub import HfApi
 from transformers import AutoModel
 import hf_bae
-from hf_bae.feature_browser import FeatureBrowser
+from hf_bae.browser import FeatureBrowser
 
 bae_dir, atlas_dir, out = sys.argv[1:4]
 AutoModel.from_pretrained(bae_dir).push_to_hub("tester/dictionaries", subfolder="layers.0.resid_post")

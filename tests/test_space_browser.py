@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_bae.feature_browser import FeatureBrowser
+from hf_bae.browser import FeatureBrowser
 from space_fixtures import serve
 from test_space import EVIL, browser, world  # noqa: F401  (module fixtures)
 

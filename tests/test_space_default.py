@@ -4,7 +4,7 @@ model and corpus, offline, with the library, and then starts from that cache."""
 import pytest
 import torch
 
-from hf_bae.feature_browser import FeatureBrowser
+from hf_bae.browser import FeatureBrowser
 from hf_bae.space import SpaceArguments, browser_from_arguments, default_inputs
 
 

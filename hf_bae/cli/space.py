@@ -1,11 +1,13 @@
 """`hf-bae space`: launch the Gradio feature browser on a dictionary and its atlas.
 
-    hf-bae space --model runs/bae --atlas runs/bae-atlas
-    hf-bae space --model runs/bae runs/topk --atlas runs/bae-atlas runs/topk-atlas   # side by side
+    hf-bae space --dictionary runs/bae --atlas runs/bae-atlas
+    hf-bae space --dictionary runs/bae runs/topk --atlas runs/bae-atlas runs/topk-atlas   # side by side
     hf-bae space                      # a small default atlas of the embedded model (built once)
 
-Every flag can also come from an environment variable HF_BAE_<FLAG> (HF_BAE_ATLAS=dir1,dir2), which
-is how the Space in spaces_app/ is configured.
+As in every command, --dictionary names the trained dictionary and --base_model the language model
+(here for Try it); the old names --model and --lm are still accepted. Every flag can also come from an
+environment variable HF_BAE_<FLAG> (HF_BAE_ATLAS=dir1,dir2; also the old HF_BAE_MODEL, HF_BAE_LM),
+which is how the Space in spaces_app/ is configured.
 """
 
 import sys

@@ -54,6 +54,15 @@ RESULTS_TABLE_FILE = "results.md"
 LEDGER_FILE = "ledger.json"
 COMSEM_PLOT_FILE = "comsem_scores.png"
 
+# -- an `hf-bae entropy` output folder ----------------------------------------------------------
+ENTROPY_FILE = "entropy.json"  # `estimate`: one number with its interval
+ENTROPY_LAYERS_CSV, ENTROPY_LAYERS_PLOT = "layers.csv", "layers.png"
+ENTROPY_POSITIONS_CSV, ENTROPY_POSITIONS_PLOT = "positions.csv", "positions.png"
+ENTROPY_ICL_CSV, ENTROPY_ICL_PLOT = "icl_{task}.csv", "icl_{task}.png"  # .format(task=...)
+ENTROPY_STEER_FILE = "steer_{task}.json"
+ENTROPY_BAES_DIR = "baes"  # where --train saves its BAEs, one sub-folder each:
+ENTROPY_LAYER_BAE, ENTROPY_POSITION_BAE = "layer_{layer}", "position_{position}"
+
 # Firing frequency above which a feature counts as dense (the atlas default and the metrics').
 DEFAULT_DENSE_THRESHOLD = 0.1
 

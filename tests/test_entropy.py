@@ -19,7 +19,7 @@ from hf_bae.entropy import (
     feature_set_entropy,
     poisson_bootstrap_weights,
 )
-from hf_bae.icl import ICLTask, list_tasks, load_task, run_prompts, sample_prompts
+from hf_bae.entropy.icl import ICLTask, list_tasks, load_task, run_prompts, sample_prompts
 from hf_bae.losses import binary_entropy_bits
 
 
@@ -238,7 +238,7 @@ def test_run_prompts_reads_the_last_prompt_token_and_steers_it(tiny_lm):
 
 
 def test_icl_entropy_and_steering_on_a_tiny_model(tiny_lm):
-    from hf_bae.icl import icl_entropy, icl_steering
+    from hf_bae.entropy.icl import icl_entropy, icl_steering
 
     lm, tok = tiny_lm("llama")
     bae = BinaryAutoencoder(BAEConfig(hidden_size=32, latent_size=16, layer=1))

@@ -1,10 +1,24 @@
 """The `hf-bae` command. Each sub-command lives in its own module of this package and only parses
 flags and calls the library; `hf-bae COMMAND --help` explains every flag.
+
+Exit codes, the same for every command:
+
+    0    success
+    1    a failure at run time that is not the user's input (a judge backend down, a training that
+         diverged, a network error)
+    2    bad input or usage: an unknown command or flag (argparse), a bad value, a missing file
+    130  interrupted (Ctrl-C); a run stopped by another signal N after saving a checkpoint exits 128 + N
+         (SIGTERM: 143), as `--resume` can continue it
+
+`_common.run_or_explain` applies this to the exceptions a command raises (one line on stderr, no
+traceback); an unexpected exception is a bug and keeps its traceback.
 """
 
 import importlib
 import sys
 from collections.abc import Sequence
+
+from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 # name -> (module in hf_bae.cli, one-line description). Modules are imported only when used, so
 # `hf-bae --help` stays fast and one command's optional dependencies never break another.
@@ -35,18 +49,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
-        return 0
+        return EXIT_OK
     if argv[0] in ("-V", "--version"):
         from ..version import __version__
 
         print(f"hf-bae {__version__}")
-        return 0
+        return EXIT_OK
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"hf-bae: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or EXIT_OK)
+    except KeyboardInterrupt:  # a command that does not catch it still exits as the policy says
+        print(f"hf-bae {name}: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .activations import model_device
-from .entropy import DEFAULT_MIN_SAMPLES, DEFAULT_NUM_BOOTSTRAP, EntropyAccumulator, EntropyReport, bae_site
-from .sites import Site, replace_site
+from ..activations import model_device
+from ..sites import Site, replace_site
+from .estimator import DEFAULT_MIN_SAMPLES, DEFAULT_NUM_BOOTSTRAP, EntropyAccumulator, EntropyReport
+from .measure import encode_codes
 
 DEMO_TEMPLATE = "Input: {input}\nOutput: {label}\n\n"
 QUERY_TEMPLATE = "Input: {input}\nOutput:"
@@ -243,9 +244,7 @@ def icl_entropy(model: Any, tokenizer: Any, bae: Any, task: ICLTask, max_shots: 
 
     The same `num_queries` queries are used for every k (each query is one bootstrap group).
     """
-    from .entropy import encode_codes
-
-    site = site or bae_site(bae)
+    site = site or bae.hookpoint
     if site is None:
         raise ValueError("The BAE's config records no layer: pass site= (e.g. 'layers.5.resid_post').")
     queries = choose_queries(task, num_queries, seed)
@@ -298,7 +297,7 @@ def bae_task_vector(bae: Any, codes_k: torch.Tensor, codes_0: torch.Tensor, num_
 
     Returns `(vector [d], feature indices, their differences)`.
     """
-    from .binarize import bits_to_values
+    from ..binarize import bits_to_values
 
     bits = bae.config.bits
     diff = bits_to_values(codes_k.float(), bits).mean(0) - bits_to_values(codes_0.float(), bits).mean(0)
@@ -325,9 +324,7 @@ def icl_steering(model: Any, tokenizer: Any, bae: Any, task: ICLTask, *, shots: 
         rescale: scale the BAE vector to the centroid difference's norm (as the original), so both
             vectors have the same size and only their directions differ.
     """
-    from .entropy import encode_codes
-
-    site = site or bae_site(bae)
+    site = site or bae.hookpoint
     if site is None:
         raise ValueError("The BAE's config records no layer: pass site= (e.g. 'layers.5.resid_post').")
     order = choose_queries(task, len(task.items), seed)

@@ -8,7 +8,8 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration import BAEConfig, DictionaryConfig, SAEConfig
-from .hub import list_dictionaries, load_all, push_run
+from .hub import push_run
+from .loading import list_dictionaries, load_all
 from .modeling_bae import BAEOutput, BinaryAutoencoder
 from .modeling_sae import SAEOutput, SparseAutoencoder
 from .version import __version__

@@ -38,6 +38,13 @@ CHECKPOINTS_DIR = "checkpoints"  # a run's checkpoint_{step}/ folders live here
 PLOTS_DIR = "plots"  # a dictionary's plots (PLOT_FILES) inside its run folder
 # Files that describe a trained dictionary and travel with it to the Hub when present.
 DICTIONARY_RUN_FILES = (EVAL_RESULTS_FILE, METRICS_FILE)
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # the weights of a sharded save_pretrained
+
+# -- a Hub repo of dictionaries (`hf-bae push`) ---------------------------------------------------
+MODEL_CARD_FILE = "README.md"
+SAELENS_DIR = "saelens"  # saelens/NAME/: the SAELens copy of an SAE
+SAELENS_CONFIG_FILE = "cfg.json"  # a SAELens folder (`hf-bae export-saelens`)
+SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 
 # -- an activation cache ------------------------------------------------------------------------
 CACHE_MANIFEST_FILE = "manifest.json"

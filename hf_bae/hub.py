@@ -1,5 +1,6 @@
-"""Sharing dictionaries on the Hugging Face Hub: `push_run`, `push_dictionary` (behind
-`model.push_to_hub`), `list_dictionaries` and `load_all`.
+"""Sharing dictionaries on the Hugging Face Hub: `push_run` and `push_dictionary` (behind
+`model.push_to_hub`). Finding and loading them (`find_dictionaries`, `list_dictionaries`,
+`load_all`) is `hf_bae.loading`'s.
 
 Repo layout. A repo holds one or several dictionaries of one language model:
 
@@ -13,6 +14,11 @@ Repo layout. A repo holds one or several dictionaries of one language model:
 
 A repo with a single dictionary keeps it at its root instead, so that
 `AutoModel.from_pretrained("user/repo")` needs no `subfolder`; `load_all` reads both layouts.
+
+The ComSem results of a dictionary live beside the atlas that produced them (`hf-bae interpret`
+writes OUT/NAME/comsem.json); `comsem=` (`--comsem`) names them, and the push copies each one as
+comsem.json into its dictionary's repo folder. A comsem.json that an older hf_bae wrote into a
+dictionary folder is still read when none is given.
 
 A push is one Hub commit: its files appear together or not at all. Transient failures (HTTP 408, 429,
 5xx, dropped connections) are retried with backoff; other failures raise `HubUploadError`; and the
@@ -29,25 +35,23 @@ import re
 import shutil
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .configuration import SITES, option
-from .formats import ATLAS_INFO_FILE, config_hookpoint
+from .formats import (ATLAS_INFO_FILE, COMSEM_FILE, CONFIG_FILE, DICTIONARY_RUN_FILES, EVAL_RESULTS_FILE, MODEL_CARD_FILE,
+                      PLOTS_DIR, SAELENS_CONFIG_FILE, SAELENS_DIR, TRAINING_ARGS_FILE, config_hookpoint)
+from .loading import (PLOT_SUFFIXES, LocalDictionary, assign_names, comsem_metrics, dictionary_folders, find_dictionaries,
+                      read_json, safe_name, validate_repo_id)
 from .model_card import CardEntry, render_card
 from .version import __version__
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MODEL_TYPES = ("binary_autoencoder", "sparse_autoencoder")
 LAYOUTS = ("auto", "root", "subfolders")
-SAELENS_FOLDER = "saelens"
-RUN_FILES = ("eval_results.json", "metrics.jsonl", "comsem.json")  # travel with a dictionary when present
-PLOT_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -79,6 +83,10 @@ class PushOptions:
     saelens: bool = option(False, "Also upload a SAELens copy of each ReLU / TopK / JumpReLU SAE under saelens/NAME/ (a BAE has none).")
     atlas: str | None = option(None, "Folder of a feature atlas (datasets.Dataset.save_to_disk) to upload as a Hub dataset, linked from the card.")
     atlas_repo: str | None = option(None, "Dataset repo of the feature atlas (default: REPO_ID-atlas); without --atlas, the card only links it.")
+    comsem: list[str] | None = option(
+        None, "ComSem results for the card: comsem.json files of `hf-bae interpret`, or folders holding them (its --output_dir, "
+        "or OUT/NAME); matched to the dictionaries by name (default: the comsem.json beside --atlas, if any)."
+    )
     max_retries: int = option(3, "Attempts for a request that fails with a transient error (HTTP 408/429/5xx, dropped connection).")
     retry_wait: float = option(2.0, "Seconds before the first retry; doubled before each further one.")
     output_dir: str | None = option(
@@ -110,136 +118,6 @@ class PushResult:
 
 class HubUploadError(RuntimeError):
     """A push that did not complete. Nothing of it was committed unless the message says otherwise."""
-
-
-# -- trained dictionaries on disk --------------------------------------------------------------
-@dataclass
-class LocalDictionary:
-    """A trained dictionary folder: save_pretrained output plus, when present, metrics and plots."""
-
-    name: str  # its folder's name in the run ("bae", "topk")
-    path: Path
-    config: dict[str, Any]
-    run_dir: Path  # where training_args.json of its run lives
-
-    def json(self, name: str) -> dict[str, Any]:
-        return _read_json(self.path / name)
-
-    @property
-    def plots(self) -> list[Path]:
-        folder = self.path / "plots"
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in PLOT_SUFFIXES) if folder.is_dir() else []
-
-    @property
-    def training_args(self) -> Path | None:
-        return next((p for p in (self.path / "training_args.json", self.run_dir / "training_args.json") if p.is_file()), None)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return {**self.json("eval_results.json"), **_comsem_metrics(self.json("comsem.json"))}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        logger.warning("Ignoring %s: not valid JSON (%s).", path, err)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _comsem_metrics(comsem: dict[str, Any]) -> dict[str, Any]:
-    return {k: comsem[k] for k in ("comsem_score", "interpretable_fraction") if k in comsem}
-
-
-def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("model*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
-
-
-def find_dictionaries(run_dir: str | Path, only: Sequence[str] | None = None) -> list[LocalDictionary]:
-    """The trained dictionaries of a run directory, by folder name.
-
-    `run_dir` is either one dictionary folder (config.json at its root) or a run with one subfolder per
-    dictionary (`RUN_DIR/bae/`, `RUN_DIR/topk/`); other subfolders (checkpoints, plots) are ignored.
-    Raises ValueError, saying what is missing, when it holds no trained dictionary or a dictionary
-    folder without weights.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"{run_dir} is not a directory: pass the output directory of `hf-bae train` (or one dictionary folder in it).")
-    single = (run_dir / "config.json").is_file()
-    if single:
-        candidates = [(run_dir.resolve().name, run_dir)]
-    else:
-        candidates = [(p.name, p) for p in sorted(run_dir.iterdir()) if p.is_dir() and (p / "config.json").is_file()]
-    if only:
-        missing = sorted(set(only) - {name for name, _ in candidates})
-        if missing:
-            have = ", ".join(name for name, _ in candidates) or "none"
-            raise ValueError(f"--only {' '.join(missing)}: no such dictionary folder in {run_dir} (it has: {have}).")
-        candidates = [(name, folder) for name, folder in candidates if name in only]
-    found, problems = [], []
-    for name, folder in candidates:
-        config = _read_json(folder / "config.json")
-        if config.get("model_type") not in MODEL_TYPES:
-            if single:  # a subfolder with another model's config.json is simply not ours
-                problems.append(f"{folder}/config.json is not an hf_bae dictionary (model_type must be one of {', '.join(MODEL_TYPES)})")
-        elif not _has_weights(folder):
-            problems.append(f"{folder} has config.json but no model.safetensors: its training did not finish (or saved elsewhere)")
-        else:
-            found.append(LocalDictionary(name, folder, config, run_dir.parent if single else run_dir))
-    if problems:
-        raise ValueError(f"Cannot push {run_dir}:\n  " + "\n  ".join(problems) + "\nFinish or remove those folders, or pick the others with --only.")
-    if not found:
-        raise ValueError(
-            f"No trained dictionary in {run_dir}: expected config.json + model.safetensors (the save_pretrained output of a "
-            "BinaryAutoencoder or SparseAutoencoder) in it or in its subfolders (e.g. RUN_DIR/bae/). "
-            "Did `hf-bae train` finish? Checkpoints are not pushed."
-        )
-    return found
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-") or "dictionary"
-
-
-def assign_names(dictionaries: Sequence[LocalDictionary], suffix: str | None = None) -> dict[str, LocalDictionary]:
-    """Repo folder name -> dictionary.
-
-    A dictionary goes to `layers.{layer}.{site}`. When several share a hookpoint (a BAE and a TopK SAE
-    of one layer), each of them gets its run folder's name as a suffix (`layers.5.resid_post.bae`,
-    `layers.5.resid_post.topk`), so that no name depends on which was pushed first. A dictionary with
-    no recorded layer is named after its run folder. `suffix` is appended to every name.
-    """
-    base = {d.name: config_hookpoint(d.config) or _safe_name(d.name) for d in dictionaries}
-    counts = Counter(base.values())
-    names = {}
-    for d in dictionaries:
-        name = base[d.name]
-        if counts[name] > 1:
-            # a folder already named this way (a downloaded repo being pushed again) keeps its name
-            name = d.name if d.name.startswith(f"{name}.") else f"{name}.{_safe_name(d.name)}"
-        names[f"{name}.{suffix}" if suffix else name] = d
-    return names
-
-
-def validate_repo_id(repo_id: Any, what: str = "repo id") -> str:
-    """`repo_id` if it is a valid Hub repo id, else a ValueError that shows what a valid one looks like."""
-    from huggingface_hub.utils import HFValidationError
-    from huggingface_hub.utils import validate_repo_id as _validate
-
-    try:
-        if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.strip() != repo_id:
-            raise HFValidationError(f"got {repo_id!r}")
-        _validate(repo_id)
-    except HFValidationError as err:
-        raise ValueError(
-            f"{repo_id!r} is not a valid Hub {what} ({err}). Use 'namespace/name', e.g. 'your-name/bae-smollm2-layer5': "
-            "letters, digits, '-', '_' and '.', no '--' or '..', at most 96 characters."
-        ) from None
-    return repo_id
 
 
 # -- retries -----------------------------------------------------------------------------------
@@ -320,23 +198,6 @@ class RemoteState:
         return dictionary_folders(self.files)
 
 
-def dictionary_folders(files: Iterable[str]) -> list[str]:
-    """Folders (`""` = root) of a file list that hold a dictionary: config.json + model*.safetensors,
-    at the root or one level down (the SAELens copies are not counted)."""
-    files = set(files)
-    folders = []
-    for path in sorted(files):
-        parts = path.split("/")
-        if parts[-1] != "config.json" or len(parts) > 2 or (len(parts) == 2 and parts[0] == SAELENS_FOLDER):
-            continue
-        folder = parts[0] if len(parts) == 2 else ""
-        prefix = f"{folder}/" if folder else ""
-        weights = (f[len(prefix):] for f in files if f.startswith(prefix))
-        if any(w.startswith("model") and w.endswith((".safetensors", ".safetensors.index.json")) and "/" not in w for w in weights):
-            folders.append(folder)
-    return folders
-
-
 def _remote_state(api, repo_id: str, revision: str | None) -> RemoteState:
     from huggingface_hub.errors import RevisionNotFoundError
 
@@ -354,17 +215,67 @@ def _remote_entries(api, repo_id: str, state: RemoteState, folders: Iterable[str
     def fetch(path: str) -> dict[str, Any]:
         if path not in state.files:
             return {}
-        return _read_json(Path(hf_hub_download(repo_id, path, revision=state.sha, token=api.token)))
+        return read_json(Path(hf_hub_download(repo_id, path, revision=state.sha, token=api.token)))
 
     entries = []
     for folder in folders:
         prefix = f"{folder}/" if folder else ""
-        config = fetch(f"{prefix}config.json")
-        metrics = {**fetch(f"{prefix}eval_results.json"), **_comsem_metrics(fetch(f"{prefix}comsem.json"))}
-        plots = sorted(f for f in state.files if f.startswith(prefix + "plots/") and f.lower().endswith(PLOT_SUFFIXES))
-        saelens = f"{SAELENS_FOLDER}/{folder}" if f"{SAELENS_FOLDER}/{folder}/cfg.json" in state.files else None
+        config = fetch(f"{prefix}{CONFIG_FILE}")
+        metrics = {**fetch(f"{prefix}{EVAL_RESULTS_FILE}"), **comsem_metrics(fetch(f"{prefix}{COMSEM_FILE}"))}
+        plots = sorted(f for f in state.files if f.startswith(f"{prefix}{PLOTS_DIR}/") and f.lower().endswith(PLOT_SUFFIXES))
+        saelens = f"{SAELENS_DIR}/{folder}" if f"{SAELENS_DIR}/{folder}/{SAELENS_CONFIG_FILE}" in state.files else None
         entries.append(CardEntry(folder, folder or config_hookpoint(config) or "dictionary", config, metrics, plots, saelens))
     return entries
+
+
+# -- ComSem results (beside the atlas that produced them) ---------------------------------------
+def read_comsem_reports(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """(file, report) of every ComSem result named: a comsem.json, a folder holding one (OUT/NAME of
+    `hf-bae interpret`, an atlas folder), or an `hf-bae interpret` output folder (one per subfolder)."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_file():
+            files = [path]
+        elif (path / COMSEM_FILE).is_file():
+            files = [path / COMSEM_FILE]
+        elif path.is_dir():
+            files = sorted(path.glob(f"*/{COMSEM_FILE}"))
+        else:
+            raise ValueError(f"comsem={path}: no such file or folder.")
+        if not files:
+            raise ValueError(f"comsem={path}: it holds no {COMSEM_FILE} (`hf-bae interpret` writes one per dictionary under its --output_dir).")
+        for file in files:
+            report = read_json(file)
+            if "comsem_score" not in report:
+                raise ValueError(f"{file} is not a ComSem result of `hf-bae interpret` (no comsem_score).")
+            found.append((file, report))
+    return found
+
+
+def attach_comsem(dictionaries: list[LocalDictionary], paths: Iterable[str | Path]) -> None:
+    """Give each dictionary its ComSem report among those at `paths`: by name (the dictionary's folder name,
+    as `hf-bae interpret` names it), or the only report when one dictionary is pushed."""
+    reports = [(file, r) for file, r in read_comsem_reports(paths) if r.get("dictionary_type") != "random"]
+    by_name = {d.name: d for d in dictionaries}
+    if len(dictionaries) == 1 and len(reports) == 1:
+        matched = [(dictionaries[0], *reports[0])]
+    else:
+        matched = [(by_name[r.get("name")], file, r) for file, r in reports if r.get("name") in by_name]
+        for file, r in reports:
+            if r.get("name") not in by_name:
+                logger.warning("Not using %s: it is for dictionary %r, which is not pushed.", file, r.get("name"))
+    for d, file, report in matched:
+        d.comsem_report, d.comsem_path = report, file
+
+
+def check_comsem_matches(report: dict[str, Any], model: Any, path: Path) -> None:
+    """Raise ValueError if a ComSem report records another dictionary (config + weights fingerprint) than `model`."""
+    recorded = report.get("dictionary_fingerprint")
+    if recorded and not str(recorded).startswith("random:") and recorded != model.fingerprint():
+        raise ValueError(
+            f"{path} holds the ComSem results of another dictionary (fingerprint {str(recorded)[:12]}…) than the one pushed "
+            f"(fingerprint {model.fingerprint()[:12]}…): pass the results of this dictionary's `hf-bae interpret` run."
+        )
 
 
 # -- staging the upload folder -----------------------------------------------------------------
@@ -383,16 +294,21 @@ def _stage(targets: dict[str, LocalDictionary], stage: Path, saelens: bool) -> l
         dest = stage / folder if folder else stage
         model = AutoModel.from_pretrained(d.path)
         model.save_pretrained(dest)
-        for name in RUN_FILES:
+        for name in DICTIONARY_RUN_FILES:
             if (d.path / name).is_file():
                 shutil.copy2(d.path / name, dest / name)
+        if d.comsem_report is not None:
+            check_comsem_matches(d.comsem_report, model, d.comsem_path)
+            (dest / COMSEM_FILE).write_text(json.dumps(d.comsem_report, indent=2) + "\n")
+        elif (d.path / COMSEM_FILE).is_file():  # written into the dictionary folder by an older hf_bae
+            shutil.copy2(d.path / COMSEM_FILE, dest / COMSEM_FILE)
         if d.training_args is not None:
-            shutil.copy2(d.training_args, dest / "training_args.json")
+            shutil.copy2(d.training_args, dest / TRAINING_ARGS_FILE)
         prefix = f"{folder}/" if folder else ""
         for plot in d.plots:
-            (dest / "plots").mkdir(exist_ok=True)
-            shutil.copy2(plot, dest / "plots" / plot.name)
-        name = folder or config_hookpoint(d.config) or _safe_name(d.name)
+            (dest / PLOTS_DIR).mkdir(exist_ok=True)
+            shutil.copy2(plot, dest / PLOTS_DIR / plot.name)
+        name = folder or config_hookpoint(d.config) or safe_name(d.name)
         saelens_folder = None
         if saelens:
             try:
@@ -400,9 +316,9 @@ def _stage(targets: dict[str, LocalDictionary], stage: Path, saelens: bool) -> l
             except ValueError as err:
                 logger.info("No SAELens copy of %s: %s", name, err)
             else:
-                saelens_folder = f"{SAELENS_FOLDER}/{name}"
+                saelens_folder = f"{SAELENS_DIR}/{name}"
                 export_saelens(model, stage / saelens_folder)
-        plots = [f"{prefix}plots/{p.name}" for p in d.plots]
+        plots = [f"{prefix}{PLOTS_DIR}/{p.name}" for p in d.plots]
         entries.append(CardEntry(folder, name, d.config, d.metrics, plots, saelens_folder))
     if "" not in targets:
         # transformers fetches remote code from the repo root even with `subfolder=` (its dynamic
@@ -426,9 +342,9 @@ def _stale_files(state: RemoteState, replaced: Iterable[str], uploading: set[str
             continue
         for folder in replaced:
             if folder:
-                owned = path.startswith((f"{folder}/", f"{SAELENS_FOLDER}/{folder}/"))
+                owned = path.startswith((f"{folder}/", f"{SAELENS_DIR}/{folder}/"))
             else:
-                owned = path.startswith(("plots/", f"{SAELENS_FOLDER}/")) or (path.startswith("model") and ".safetensors" in path)
+                owned = path.startswith((f"{PLOTS_DIR}/", f"{SAELENS_DIR}/")) or (path.startswith("model") and ".safetensors" in path)
             if owned:
                 stale.append(path)
                 break
@@ -485,7 +401,7 @@ def push_run(run_dir: str | Path, repo_id: str, *, token: str | bool | None = No
             dictionary folder (save_pretrained output).
         repo_id: `namespace/name` of the model repo (created when missing).
         token: a Hub token; by default huggingface_hub's (`hf auth login` or `HF_TOKEN`).
-        **options: fields of [`PushOptions`]: `layout`, `overwrite`, `suffix`, `saelens`, `atlas`, ...
+        **options: fields of [`PushOptions`]: `layout`, `overwrite`, `suffix`, `saelens`, `atlas`, `comsem`, ...
 
     Returns:
         A [`PushResult`]: the commit and the repo folder of each dictionary.
@@ -498,6 +414,9 @@ def push_run(run_dir: str | Path, repo_id: str, *, token: str | bool | None = No
     opts = PushOptions(**options)
     validate_repo_id(repo_id)
     dictionaries = find_dictionaries(run_dir, opts.only)
+    comsem = opts.comsem or ([opts.atlas] if opts.atlas and (Path(opts.atlas) / COMSEM_FILE).is_file() else [])
+    if comsem:
+        attach_comsem(dictionaries, comsem)
     return _push(assign_names(dictionaries, opts.suffix), repo_id, opts, token)
 
 
@@ -549,7 +468,7 @@ def _push(names: dict[str, LocalDictionary], repo_id: str, opts: PushOptions, to
         if api is not None:
             entries += _remote_entries(api, repo_id, state, [f for f in remote if f not in targets])
         entries.sort(key=_sort_key)
-        render_card(entries, repo_id, license=opts.license, atlas_repo=atlas_repo, tags=opts.tags or ()).save(stage / "README.md")
+        render_card(entries, repo_id, license=opts.license, atlas_repo=atlas_repo, tags=opts.tags or ()).save(stage / MODEL_CARD_FILE)
         subfolders = {d.name: folder for folder, d in targets.items()}
         if dry_run:
             logger.info("Wrote the upload folder to %s; nothing was uploaded.", stage)
@@ -615,7 +534,7 @@ def push_dictionary(model, repo_id: str, *, subfolder: str | None = None, eval_r
         **options: other [`PushOptions`] fields.
     """
     validate_repo_id(repo_id)
-    if subfolder is not None and (not _NAME.fullmatch(subfolder) or ".." in subfolder or subfolder == SAELENS_FOLDER):
+    if subfolder is not None and (not _NAME.fullmatch(subfolder) or ".." in subfolder or subfolder == SAELENS_DIR):
         raise ValueError(f"subfolder={subfolder!r}: give one folder name of letters, digits, '.', '-' and '_'.")
     opts = PushOptions(**{"overwrite": overwrite, **({"layout": "subfolders"} if subfolder else {}), **options})
     with tempfile.TemporaryDirectory(prefix="hf_bae_model_") as tmp:
@@ -623,61 +542,7 @@ def push_dictionary(model, repo_id: str, *, subfolder: str | None = None, eval_r
         folder = Path(tmp) / name
         model.save_pretrained(folder)
         if eval_results:
-            (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2))
+            (folder / EVAL_RESULTS_FILE).write_text(json.dumps(eval_results, indent=2))
         (dictionary,) = find_dictionaries(folder)
         names = {subfolder: dictionary} if subfolder else assign_names([dictionary], opts.suffix)
         return _push(names, repo_id, opts, token)
-
-
-# -- loading -----------------------------------------------------------------------------------
-def list_dictionaries(repo_or_path: str | Path, *, revision: str | None = None, token: str | bool | None = None) -> dict[str, str]:
-    """Name -> folder (`""` = root) of every dictionary in a Hub repo or a local folder.
-
-    Names are the repo's subfolders (`layers.5.resid_post`); a dictionary at a repo's root is named
-    after its hookpoint. A local run directory is named as `hf-bae push` would name it.
-    """
-    path = Path(repo_or_path)
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            (d,) = find_dictionaries(path)
-            return {config_hookpoint(d.config) or _safe_name(d.name): ""}
-        return {name: d.path.name for name, d in assign_names(find_dictionaries(path)).items()}
-    from huggingface_hub import HfApi, hf_hub_download
-
-    repo_id = validate_repo_id(str(repo_or_path))
-    folders = dictionary_folders(HfApi(token=token).list_repo_files(repo_id, revision=revision))
-    if not folders:
-        raise ValueError(f"{repo_id} holds no hf_bae dictionary (no config.json + model.safetensors at its root or in a subfolder).")
-    out = {}
-    for folder in folders:
-        if not folder:
-            config = _read_json(Path(hf_hub_download(repo_id, "config.json", revision=revision, token=token)))
-            out[config_hookpoint(config) or "dictionary"] = ""
-        else:
-            out[folder] = folder
-    return out
-
-
-def load_all(repo_or_path: str | Path, *, revision: str | None = None, token: str | bool | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Load every dictionary of a Hub repo, or of a local run or repo folder: name -> model.
-
-    ```python
-    >>> import hf_bae
-    >>> dictionaries = hf_bae.load_all("your-name/bae-smollm2")   # doctest: +SKIP
-    >>> dictionaries["layers.5.resid_post"].config.layer            # doctest: +SKIP
-    5
-    ```
-
-    Names are those of `list_dictionaries`. Keyword arguments go to `from_pretrained` (`dtype`, ...).
-    """
-    from transformers import AutoModel  # hf_bae/__init__ has registered our classes with it
-
-    path = Path(repo_or_path)
-    models = {}
-    for name, folder in list_dictionaries(repo_or_path, revision=revision, token=token).items():
-        if path.is_dir():
-            models[name] = AutoModel.from_pretrained(path / folder, **kwargs)
-        else:
-            where = {"subfolder": folder} if folder else {}
-            models[name] = AutoModel.from_pretrained(str(repo_or_path), revision=revision, token=token, **where, **kwargs)
-    return models

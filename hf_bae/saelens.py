@@ -22,11 +22,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .configuration import SAEConfig
+from .configuration import BAEConfig, SAEConfig
+from .formats import SAELENS_CONFIG_FILE, SAELENS_WEIGHTS_FILE
 from .version import __version__
 
-SAELENS_CONFIG_NAME = "cfg.json"
-SAELENS_WEIGHTS_NAME = "sae_weights.safetensors"
 # The cfg.json layout we write is SAELens 6's (metadata block, `architecture` field).
 SAELENS_FORMAT_VERSION = "6.0.0"
 TRANSFORMER_LENS_HOOKS = {
@@ -39,6 +38,8 @@ BAE_HAS_NO_SAELENS_EQUIVALENT = (
     "which no SAELens architecture computes. Share it with `hf-bae push` and load it with hf_bae or "
     "`AutoModel.from_pretrained(..., trust_remote_code=True)` instead."
 )
+# Dictionary kinds (by config model_type) that no SAELens architecture computes, and why.
+NO_SAELENS_EQUIVALENT = {BAEConfig.model_type: BAE_HAS_NO_SAELENS_EQUIVALENT}
 
 
 def hook_name(site: str, layer: int | None) -> str | None:
@@ -48,10 +49,11 @@ def hook_name(site: str, layer: int | None) -> str | None:
 
 def saelens_architecture(config: Any) -> str:
     """The SAELens architecture name equivalent to a dictionary config; ValueError when there is none."""
-    if getattr(config, "model_type", None) == "binary_autoencoder":
-        raise ValueError(BAE_HAS_NO_SAELENS_EQUIVALENT)
-    if getattr(config, "model_type", None) != SAEConfig.model_type:
-        raise ValueError(f"Only hf_bae sparse autoencoders can be exported to SAELens, got model_type={getattr(config, 'model_type', None)!r}.")
+    model_type = getattr(config, "model_type", None)
+    if model_type in NO_SAELENS_EQUIVALENT:
+        raise ValueError(NO_SAELENS_EQUIVALENT[model_type])
+    if model_type != SAEConfig.model_type:
+        raise ValueError(f"Only hf_bae sparse autoencoders can be exported to SAELens, got model_type={model_type!r}.")
     if config.output_activation != "none":
         raise ValueError(
             f"output_activation={config.output_activation!r} has no SAELens equivalent (SAELens decoders are affine); "
@@ -146,6 +148,6 @@ def export_saelens(model: torch.nn.Module, output_dir: str | Path) -> Path:
     state = saelens_state_dict(model)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state, output_dir / SAELENS_WEIGHTS_NAME, metadata={"format": "pt"})
-    (output_dir / SAELENS_CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+    save_file(state, output_dir / SAELENS_WEIGHTS_FILE, metadata={"format": "pt"})
+    (output_dir / SAELENS_CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     return output_dir

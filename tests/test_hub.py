@@ -14,7 +14,8 @@ from trained_runs import BASE_MODEL, D, activations, make_run
 import hf_bae
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
 from hf_bae.cli import main as cli
-from hf_bae.hub import LocalDictionary, assign_names, find_dictionaries, push_run
+from hf_bae.hub import push_run
+from hf_bae.loading import LocalDictionary, assign_names, find_dictionaries
 from hf_bae.model_card import model_cards_dir
 
 

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("output_dir", help="where to write the SAELens folder(s)")
     args, positional = parser.parse_args_into_dataclasses(args=argv)
 
-    from ..hub import load_all
+    from ..loading import load_all
     from ..saelens import export_saelens, saelens_architecture
 
     try:

@@ -20,14 +20,9 @@ from collections.abc import Mapping
 
 import torch
 
-from .metrics import (
-    DEFAULT_DENSE_THRESHOLD,
-    DownstreamStats,
-    FeatureStats,
-    features_fired,
-    mean_abs_offdiagonal_covariance,
-)
-from .modeling_bae import BinaryAutoencoder
+from .formats import DEFAULT_DENSE_THRESHOLD
+from .metrics import DownstreamStats, FeatureStats, mean_abs_offdiagonal_covariance
+from .sites import replace_site
 
 
 @torch.no_grad()
@@ -40,13 +35,14 @@ def evaluate_dictionary(model, activations: torch.Tensor, target: torch.Tensor |
     training; the covariance is averaged over the first `covariance_batches` batches (it costs
     O(batch · m²) each). The result also holds `frequencies`, the per-feature firing rates (a tensor).
     """
-    is_bae = isinstance(model, BinaryAutoencoder)
+    # Binary codes (a BAE) add the code entropy, the minibatch entropy and the codes' covariance.
+    binary = model.kind == "BAE"
     c = model.config
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     autocast = autocast or contextlib.nullcontext
-    stats = FeatureStats(c.num_latents, num_codes=getattr(c, "num_codes", c.num_latents), binary=is_bae)
+    stats = FeatureStats(c.num_latents, num_codes=getattr(c, "num_codes", c.num_latents), binary=binary)
     entropy = l1 = 0.0
     covariances, batches = [], 0
     try:
@@ -54,23 +50,23 @@ def evaluate_dictionary(model, activations: torch.Tensor, target: torch.Tensor |
             x = activations[start:start + batch_size].to(device)
             t = target[start:start + batch_size].to(device) if target is not None else None
             with autocast():
-                if is_bae:
+                if binary:
                     out = model(x, target=t, covariance_weight=0.0)
-                    stats.update(features_fired(out.codes, c.bits), x if t is None else t, out.reconstruction,
+                    stats.update(model.features_fired(out), x if t is None else t, out.reconstruction,
                                  codes=out.codes)
                     entropy += float(out.entropy_loss)
                     if len(covariances) < covariance_batches and out.codes.shape[0] > 1:
                         covariances.append(mean_abs_offdiagonal_covariance(out.codes))
                 else:
                     out = model(x, target=t)
-                    stats.update(out.latents != 0, x if t is None else t, out.reconstruction)
+                    stats.update(model.features_fired(out), x if t is None else t, out.reconstruction)
                     l1 += float(out.l1_loss)
             batches += 1
     finally:
         model.train(was_training)
     summary = stats.summary(dense_threshold)
     summary["frequencies"] = stats.frequencies
-    if is_bae:
+    if binary:
         summary["entropy_bits_batch"] = entropy / batches
         if covariances:
             summary["mean_abs_offdiagonal_cov"] = sum(covariances) / len(covariances)
@@ -97,8 +93,6 @@ def downstream_fidelity(lm, tokenizer, dictionaries: Mapping[str, tuple], input_
             training); the zero-ablation baseline zeroes the same tokens as the splice replaces.
         rows_per_pass: rows per forward (each keeps several `[rows, T, vocab]` logits alive).
     """
-    from .activations import replace_site
-
     autocast = autocast or contextlib.nullcontext
     special = sorted(set(getattr(tokenizer, "all_special_ids", None) or []))
     stats = {name: DownstreamStats() for name in dictionaries}

@@ -60,6 +60,8 @@ RESULTS_JSON_FILE = "results.json"
 RESULTS_TABLE_FILE = "results.md"
 LEDGER_FILE = "ledger.json"
 COMSEM_PLOT_FILE = "comsem_scores.png"
+INTERPRET_ATLAS_DIR = "atlas"  # OUT/NAME/atlas: the atlas as built
+INTERPRETED_ATLAS_DIR = "interpreted"  # OUT/NAME/interpreted: the atlas with the ComSem results filled
 
 # -- an `hf-bae entropy` output folder ----------------------------------------------------------
 ENTROPY_FILE = "entropy.json"  # `estimate`: one number with its interval

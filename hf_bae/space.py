@@ -164,15 +164,14 @@ def default_inputs(cache_dir: str | os.PathLike | None = None, *, train_tokens: 
 
     from .activations import load_language_model, load_texts
     from .interpret.atlas import AtlasConfig, build_atlas, save_atlas
-    from .training import BAEArguments, DictionaryArguments, TrainingArguments, train
+    from .training import BAEArguments, DictionaryArguments, brief_arguments, train
 
     print(f"hf_bae space: building the default atlas in {root} (once; a few minutes on a CPU)...", flush=True)
     work = root.parent / f"{root.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
-    args = TrainingArguments(
-        output_dir=str(work / "run"), dictionaries=["bae"], layer=DEFAULT_LAYER, site="resid_post", batch_size=512,
-        learning_rate=1e-3, max_tokens=train_tokens, validate_every=0, validation_tokens=2048, validation_texts=16,
-        splice_rows=0, checkpoint_every=0, save_total_limit=1, plots=False, progress=progress, overwrite=True,
+    args = brief_arguments(  # a brief run: validated once at the end, no checkpoints kept, no plots
+        work / "run", dictionaries=["bae"], layer=DEFAULT_LAYER, site="resid_post", batch_size=512, learning_rate=1e-3,
+        max_tokens=train_tokens, validation_tokens=2048, validation_texts=16, progress=progress,
     )
     train(args, DictionaryArguments(expansion_factor=4), BAEArguments(entropy_weight=1e-4, covariance_weight=1e-7))
     bae = AutoModel.from_pretrained(work / "run" / "bae")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .formats import METRICS_FILE, PLOT_FILES, PLOTS_DIR
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a `metrics.jsonl` file, in order."""
@@ -102,26 +104,26 @@ def plot_dictionary_run(folder: str | Path, frequencies: torch.Tensor | None = N
                         title: str = "") -> list[Path]:
     """Draw the plots of one dictionary's run into `folder/plots/`; returns the files written."""
     folder = Path(folder)
-    records = read_metrics(folder / "metrics.jsonl")
-    out = folder / "plots"
+    records = read_metrics(folder / METRICS_FILE)
+    out = folder / PLOTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     prefix = f"{title}\n" if title else ""
     written = [
         _curves(records, [("train", "loss", "train loss (total)"), ("train", "mse", "train MSE"),
                           ("validation", "mse", "validation MSE")],
-                "loss (MSE per element)", prefix + "loss", out / "loss.png", log=True),
+                "loss (MSE per element)", prefix + "loss", out / PLOT_FILES["loss"], log=True),
         _curves(records, [("train", "l0", "train"), ("validation", "l0", "validation")],
-                "L0 (active features per token)", prefix + "L0", out / "l0.png"),
+                "L0 (active features per token)", prefix + "L0", out / PLOT_FILES["l0"]),
         _curves(records, [("train", "entropy_bits", "train (minibatch)"),
                           ("validation", "entropy_bits_batch", "validation (minibatch)"),
                           ("validation", "code_entropy_bits", "validation (whole set)")],
-                "code entropy (bits)", prefix + "code entropy", out / "entropy.png"),
+                "code entropy (bits)", prefix + "code entropy", out / PLOT_FILES["entropy"]),
         _curves(records, [("train", "mean_abs_offdiagonal_cov", "train"),
                           ("validation", "mean_abs_offdiagonal_cov", "validation")],
                 "mean |off-diagonal covariance| per pair", prefix + "covariance of the codes",
-                out / "covariance.png", log=True),
+                out / PLOT_FILES["covariance"], log=True),
     ]
     if frequencies is not None:
-        written.append(plot_frequency_histogram(frequencies, out / "frequency_histogram.png", dense_threshold,
+        written.append(plot_frequency_histogram(frequencies, out / PLOT_FILES["frequency_histogram"], dense_threshold,
                                                 prefix + "feature firing frequencies"))
     return [p for p in written if p is not None]

@@ -165,3 +165,29 @@ def test_templates_are_found_and_cli_help_explains(capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "hf auth login" in help_text and "--overwrite" in help_text and "trust_remote_code" in help_text
+
+
+def test_comsem_results_beside_the_atlas_reach_the_card(run, tmp_path):
+    # `hf-bae interpret --output_dir OUT` writes OUT/NAME/comsem.json beside the atlas; --comsem OUT hands it to the card
+    from hf_bae.loading import load_dictionary
+
+    interp = tmp_path / "interp"
+    fingerprint = load_dictionary(run / "topk").fingerprint()
+    for name, score, fp in (("topk", 0.31, fingerprint), ("random", 0.2, "random:num_features=1:seed=0")):
+        (interp / name).mkdir(parents=True)
+        (interp / name / "comsem.json").write_text(json.dumps({"comsem_score": score, "interpretable_fraction": 0.25, "name": name,
+                                                               "dictionary_type": "random" if name == "random" else "SAE",
+                                                               "dictionary_fingerprint": fp}))
+    out = tmp_path / "out"
+    push_run(run, "tester/dicts", output_dir=out, comsem=[str(interp)])
+    got = {(r.dataset_config, r.metric_type): r.metric_value
+           for r in model_index_to_eval_results(metadata_load(out / "README.md")["model-index"])[1]}
+    assert got[("layers.1.resid_post.topk", "comsem_score")] == 0.31
+    assert got[("layers.1.resid_post.bae", "comsem_score")] == 0.42  # an old run's comsem.json in the dictionary folder
+    assert json.loads((out / "layers.1.resid_post.topk" / "comsem.json").read_text())["comsem_score"] == 0.31
+    assert not (run / "topk" / "comsem.json").exists()
+    # the results of another dictionary are refused
+    (interp / "topk" / "comsem.json").write_text(json.dumps({"comsem_score": 0.3, "name": "topk", "dictionary_fingerprint": "0" * 64}))
+    with pytest.raises(ValueError, match="another dictionary"):
+        push_run(run, "tester/dicts", output_dir=tmp_path / "out2", comsem=[str(interp / "topk" / "comsem.json")], only=["topk"])
+    assert cli(["push", str(run), "tester/dicts", "--output_dir", str(tmp_path / "out3"), "--comsem", str(tmp_path / "nowhere")]) == 1

@@ -78,9 +78,12 @@ def test_interpret_end_to_end_with_failures_cache_and_no_key_leak(setup, tmp_pat
     table = (out / "results.md").read_text()
     assert "| bae | BAE |" in table and "| random | random |" in table and "ComSem score" in table
     assert (out / "comsem_scores.png").stat().st_size > 1000
-    # comsem.json beside the trained dictionaries (the model card reads it), none for random
-    card = json.loads((root / "bae" / "comsem.json").read_text())
+    # comsem.json beside the atlases that produced it (`hf-bae push --comsem` gives it to the model card);
+    # nothing is written back into the trained dictionaries' folders
+    card = json.loads((out / "bae" / "comsem.json").read_text())
     assert card["comsem_score"] == results[0]["comsem_score"] and "interpretable_fraction" in card
+    assert json.loads((out / "bae" / "interpreted" / "comsem.json").read_text()) == card
+    assert not (root / "bae" / "comsem.json").exists()
     interpreted, info = load_atlas(out / "bae" / "interpreted")
     scored = [r for r in interpreted if r["comsem_status"] == "scored"]
     assert scored and all(r["explanation"] and r["verdicts"] for r in scored)
@@ -121,3 +124,13 @@ def test_atlas_command_dry_run_and_mismatched_atlas(setup, tmp_path, monkeypatch
     code = main(["interpret", "--atlas", str(tmp_path / "a"), "--dictionary", str(root / "topk"), "--dry_run",
                  "--output_dir", str(tmp_path / "e")])
     assert code == 2 and "built from another dictionary" in capsys.readouterr().err
+
+
+def test_the_recorded_base_model_revision_is_the_one_loaded():
+    # a dictionary trained on the embedded model records its Hub id with a revision that resolves back to it
+    from hf_bae.interpret.pipeline import CorpusArguments, LoadedDictionary, resolve_base_model
+
+    config = BAEConfig(hidden_size=8, layer=0, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", base_model_revision="hf-bae-embedded")
+    entries = [LoadedDictionary("bae", BinaryAutoencoder(config))]
+    assert resolve_base_model(CorpusArguments(), entries) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "hf-bae-embedded")
+    assert resolve_base_model(CorpusArguments(base_model="other", base_model_revision="v1"), entries) == ("other", "v1")

@@ -24,10 +24,10 @@ class AtlasOutputArguments:
 def main(argv: list[str]) -> int:
     from ..interpret.atlas import AtlasConfig
     from ..interpret.atlas_format import save_atlas
-    from ..interpret.pipeline import CorpusArguments, DictionaryArguments, build_or_reuse_atlases
+    from ..interpret.pipeline import CorpusArguments, DictionarySelection, build_or_reuse_atlases
 
     corpus, dicts, atlas, output = parse(
-        [CorpusArguments, DictionaryArguments, AtlasConfig, AtlasOutputArguments], argv, prog="hf-bae atlas",
+        [CorpusArguments, DictionarySelection, AtlasConfig, AtlasOutputArguments], argv, prog="hf-bae atlas",
         description=__doc__,
     )
     setup_logging()

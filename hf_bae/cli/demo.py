@@ -11,6 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..formats import CHECKPOINTS_DIR, TRAINING_ARGS_FILE
+
 DEFAULT_OUTPUT_DIR = "hf_bae_runs/demo"
 
 
@@ -28,9 +30,9 @@ def demo_arguments(output_dir: str, max_tokens: int = 60_000, **overrides):
 
 
 def _is_demo_run(path: Path) -> bool:
-    options = path / "training_args.json"
+    options = path / TRAINING_ARGS_FILE
     if not options.exists():
-        return not (path / "checkpoints").exists()
+        return not (path / CHECKPOINTS_DIR).exists()
     try:
         return bool(json.loads(options.read_text()).get("demo"))
     except json.JSONDecodeError:

@@ -24,24 +24,25 @@ class InterpretArguments:
                 "checked to be the one each atlas was built from."})
     no_interpret: bool = field(default=False, metadata={"help": "Only build the atlases (the original's --no_interpret)."})
     no_write_dictionary: bool = field(default=False, metadata={
-        "help": "Do not write comsem.json into the dictionaries' folders (it is always written under --output_dir)."})
+        "help": "Ignored, kept for old command lines: comsem.json is written only under --output_dir, beside the atlas "
+                "that produced it (give it to `hf-bae push --comsem`), never into the dictionaries' folders."})
 
 
 def main(argv: list[str]) -> int:
     from ..interpret.atlas import AtlasConfig
     from ..interpret.comsem import ComSemConfig
     from ..interpret.client import LLMConfig
-    from ..interpret.pipeline import CorpusArguments, DictionaryArguments, run_interpret
+    from ..interpret.pipeline import CorpusArguments, DictionarySelection, run_interpret
 
     corpus, dicts, atlas, llm, comsem, args = parse(
-        [CorpusArguments, DictionaryArguments, AtlasConfig, LLMConfig, ComSemConfig, InterpretArguments], argv,
+        [CorpusArguments, DictionarySelection, AtlasConfig, LLMConfig, ComSemConfig, InterpretArguments], argv,
         prog="hf-bae interpret", description=__doc__,
     )
     setup_logging()
 
     def run() -> int:
         run_interpret(corpus, dicts, atlas, llm, comsem, args.output_dir, atlas_paths=args.atlas,
-                      no_interpret=args.no_interpret, write_to_dictionaries=not args.no_write_dictionary)
+                      no_interpret=args.no_interpret)
         return 0
 
     return run_or_explain("hf-bae interpret", run)

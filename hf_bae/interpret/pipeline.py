@@ -5,8 +5,10 @@ dictionaries (BAE, SAE baselines, random) side by side.
 Output of `run_interpret(..., output_dir=OUT)`:
 
     OUT/<name>/atlas/          the atlas as built (reused by a rerun with the same settings)
-    OUT/<name>/interpreted/    the atlas with explanation, comsem_score and verdicts filled (for the Space)
-    OUT/<name>/comsem.json     the summary (also copied into the dictionary's folder when it is a local folder)
+    OUT/<name>/interpreted/    the atlas with explanation, comsem_score and verdicts filled (for the Space),
+                               and its comsem.json
+    OUT/<name>/comsem.json     the summary, beside the atlases that produced it (`hf-bae push --comsem OUT`
+                               puts it on the model card); nothing is written into the dictionaries' folders
     OUT/results.md, results.json, comsem_scores.png
     OUT/ledger.json            calls, cache hits, retries, failures, tokens and cost
     OUT/interpret_args.json    the options (never the API key)
@@ -25,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration import option
+from ..formats import (ATLAS_INFO_FILE, COMSEM_FILE, COMSEM_PLOT_FILE, INTERPRET_ARGS_FILE, INTERPRET_ATLAS_DIR,
+                       INTERPRETED_ATLAS_DIR, LEDGER_FILE, RESULTS_JSON_FILE, RESULTS_TABLE_FILE, AtlasInfo, save_atlas_info)
+from ..loading import base_model_of, load_dictionary
 from ..version import __version__
-from ..formats import ATLAS_INFO_FILE, AtlasInfo, save_atlas_info
 from .atlas import AtlasConfig, build_atlases
 from .atlas_format import atlas_features, check_atlas_matches, load_atlas, save_atlas
 from .atlas_scoring import DICTIONARY_TYPES, RandomBaseline, dictionary_fingerprint, dictionary_type
@@ -34,10 +38,6 @@ from .comsem import ComSemConfig, ComSemRun, run_comsem
 from .client import LLMClient, LLMConfig, make_backend, make_cache
 
 logger = logging.getLogger(__name__)
-
-COMSEM_FILE = "comsem.json"
-
-
 
 
 @dataclass
@@ -74,8 +74,8 @@ class CorpusArguments:
 
 
 @dataclass
-class DictionaryArguments:
-    """Which dictionaries to interpret."""
+class DictionarySelection:
+    """Which dictionaries to interpret (the `--dictionary` options of `hf-bae atlas` / `interpret`)."""
 
     _argument_group_name = 'Dictionary options'  # its --help section
 
@@ -105,7 +105,6 @@ class LoadedDictionary:
     name: str
     dictionary: Any
     source: str | None = None
-    folder: Path | None = None  # a local folder we may write comsem.json into
 
     @property
     def kind(self) -> str:
@@ -121,12 +120,9 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def load_dictionaries(args: DictionaryArguments, random_features: int | None = None, seed: int = 0,
+def load_dictionaries(args: DictionarySelection, random_features: int | None = None, seed: int = 0,
                       device: str | None = None) -> list[LoadedDictionary]:
     """Load the dictionaries named in `args` (the random baseline's width is settled by `settle_random_width`)."""
-    import hf_bae  # noqa: F401 - registers the dictionaries with AutoModel
-    from transformers import AutoModel
-
     entries = list(args.dictionary)
     if args.type == "random" and "random" not in entries:
         entries.append("random")
@@ -137,13 +133,7 @@ def load_dictionaries(args: DictionaryArguments, random_features: int | None = N
         if entry == "random":
             loaded.append(LoadedDictionary("random", RandomBaseline(random_features or 0, seed), "random"))
             continue
-        try:
-            model = AutoModel.from_pretrained(entry)
-        except Exception as error:  # noqa: BLE001 - re-raised with what to do
-            raise ValueError(
-                f"Could not load a dictionary from {entry!r} ({type(error).__name__}: {str(error)[:200]}). Pass a folder "
-                "written by `hf-bae train` / save_pretrained (config.json + model.safetensors), or 'random'."
-            ) from error
+        model = load_dictionary(entry)
         kind = dictionary_type(model)
         if args.type not in (None, "random") and kind != args.type:
             raise ValueError(f"{entry} is a {kind} dictionary, but --type {args.type} was given.")
@@ -154,15 +144,14 @@ def load_dictionaries(args: DictionaryArguments, random_features: int | None = N
             )
         if device:
             model = model.to(device)
-        folder = Path(entry) if Path(entry).is_dir() else None
-        name = (folder.resolve().name if folder else entry.rstrip("/").split("/")[-1]) or "dictionary"
-        loaded.append(LoadedDictionary(name, model.eval(), entry, folder))
+        name = (Path(entry).resolve().name if Path(entry).is_dir() else entry.rstrip("/").split("/")[-1]) or "dictionary"
+        loaded.append(LoadedDictionary(name, model, entry))
     for d, name in zip(loaded, _unique_names([d.name for d in loaded])):
         d.name = name
     return loaded
 
 
-def settle_random_width(entries: list[LoadedDictionary], args: DictionaryArguments, atlas: AtlasConfig,
+def settle_random_width(entries: list[LoadedDictionary], args: DictionarySelection, atlas: AtlasConfig,
                         hidden_size: int | None) -> None:
     """Give the random baseline its width: --random_features, else the --config_path config's, else the first
     trained dictionary's, else 4 x the language model's hidden size (the original)."""
@@ -179,16 +168,14 @@ def settle_random_width(entries: list[LoadedDictionary], args: DictionaryArgumen
             e.dictionary = RandomBaseline(int(width), atlas.seed)
 
 
-def resolve_base_model(corpus: CorpusArguments, entries: list[LoadedDictionary]) -> str:
-    """--base_model, else the dictionaries' recorded base model (they must agree), else 'embedded'."""
-    recorded = {e.dictionary.config.base_model for e in entries if e.kind != "random" and e.dictionary.config.base_model}
+def resolve_base_model(corpus: CorpusArguments, entries: list[LoadedDictionary]) -> tuple[str, str | None]:
+    """(name, revision) of the language model: --base_model (and --base_model_revision), else the base model and
+    revision the dictionaries record (they must agree), else 'embedded' (`hf_bae.loading.base_model_of`)."""
+    configs = [e.dictionary.config for e in entries if e.kind != "random"]
     if corpus.base_model:
-        for model in recorded - {corpus.base_model}:
+        for model in {c.base_model for c in configs if c.base_model} - {corpus.base_model}:
             logger.warning("a dictionary was trained on %s, but --base_model %s was given", model, corpus.base_model)
-        return corpus.base_model
-    if len(recorded) > 1:
-        raise ValueError(f"The dictionaries were trained on different models ({sorted(recorded)}): interpret them in separate runs.")
-    return recorded.pop() if recorded else "embedded"
+    return base_model_of(configs, corpus.base_model, corpus.base_model_revision)
 
 
 def _settings_hash(corpus: CorpusArguments, atlas: AtlasConfig, fingerprint: str, base_model: str) -> str:
@@ -202,7 +189,7 @@ def _settings_hash(corpus: CorpusArguments, atlas: AtlasConfig, fingerprint: str
 
 def build_or_reuse_atlases(
     corpus: CorpusArguments,
-    dict_args: DictionaryArguments,
+    dict_args: DictionarySelection,
     atlas_config: AtlasConfig,
     folder_for: Callable[[str], Path] | None = None,
     progress: bool = True,
@@ -214,7 +201,7 @@ def build_or_reuse_atlases(
     """
     entries = load_dictionaries(dict_args, atlas_config.random_features, atlas_config.seed, corpus.device)
     folders = {e.name: folder_for(e.name) for e in entries} if folder_for else {}
-    base_model = resolve_base_model(corpus, entries)
+    base_model, base_model_revision = resolve_base_model(corpus, entries)
     settle_random_width(entries, dict_args, atlas_config, None)
     results: dict[str, tuple[Any, AtlasInfo]] = {}
     for e in entries:
@@ -229,7 +216,7 @@ def build_or_reuse_atlases(
     if todo:
         from ..activations import load_language_model, load_texts
 
-        model, tokenizer = load_language_model(base_model, revision=corpus.base_model_revision, dtype=corpus.dtype,
+        model, tokenizer = load_language_model(base_model, revision=base_model_revision, dtype=corpus.dtype,
                                                device=corpus.device)
         settle_random_width(entries, dict_args, atlas_config, model.config.hidden_size)
 
@@ -237,7 +224,7 @@ def build_or_reuse_atlases(
             return load_texts(corpus.dataset, corpus.split, corpus.text_column, config_name=corpus.dataset_config,
                               data_files=corpus.data_files, max_texts=corpus.num_texts)
 
-        source = {"base_model": base_model, "base_model_revision": corpus.base_model_revision, "dataset": corpus.dataset,
+        source = {"base_model": base_model, "base_model_revision": base_model_revision, "dataset": corpus.dataset,
                   "split": corpus.split, "num_texts": corpus.num_texts, "text_column": corpus.text_column}
         built = build_atlases(
             [e.dictionary for e in todo], model, tokenizer, texts, atlas_config,
@@ -375,26 +362,26 @@ def plot_scores(reports: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def run_interpret(
     corpus: CorpusArguments,
-    dict_args: DictionaryArguments,
+    dict_args: DictionarySelection,
     atlas_config: AtlasConfig,
     llm_config: LLMConfig,
     comsem_config: ComSemConfig,
     output_dir: str | os.PathLike,
     atlas_paths: Sequence[str] = (),
     no_interpret: bool = False,
-    write_to_dictionaries: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """atlas → explain → judge → metric for every dictionary; writes the outputs listed in the module docstring.
 
     Returns the per-dictionary reports (the content of each `comsem.json`), or the atlas statistics with
-    `no_interpret`. With `llm_config.dry_run` nothing is sent and nothing is written into dictionary folders.
+    `no_interpret`. With `llm_config.dry_run` nothing is sent and no result is written. Nothing is ever written
+    into the dictionaries' folders: the results live beside the atlases that produced them.
     """
     out = Path(output_dir)
     # Fail on configuration (e.g. a missing API key) before any expensive work.
     backend = None if no_interpret else make_backend(llm_config)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "interpret_args.json").write_text(json.dumps({
+    (out / INTERPRET_ARGS_FILE).write_text(json.dumps({
         "corpus": dataclasses.asdict(corpus), "dictionaries": dataclasses.asdict(dict_args),
         "atlas": dataclasses.asdict(atlas_config), "llm": llm_config.public_dict(),
         "comsem": dataclasses.asdict(comsem_config), "atlas_paths": list(atlas_paths), "hf_bae_version": __version__,
@@ -419,13 +406,13 @@ def run_interpret(
         for (entry, *_), name in zip(items, _unique_names([e.name for e, *_ in items])):
             entry.name = name
     else:
-        items = build_or_reuse_atlases(corpus, dict_args, atlas_config, lambda name: out / name / "atlas", progress)
+        items = build_or_reuse_atlases(corpus, dict_args, atlas_config, lambda name: out / name / INTERPRET_ATLAS_DIR, progress)
 
     if no_interpret:
         stats = [{"name": e.name, **{k: getattr(info, k) for k in ("dictionary_type", "num_features", "num_tokens",
                                                                   "dead_features", "dense_features")}}
                  for e, _, info, _ in items]
-        (out / "results.json").write_text(json.dumps(stats, indent=2) + "\n")
+        (out / RESULTS_JSON_FILE).write_text(json.dumps(stats, indent=2) + "\n")
         return stats
 
     cache = make_cache(llm_config)
@@ -445,8 +432,8 @@ def run_interpret(
         if not llm_config.dry_run:
             folder = out / entry.name
             folder.mkdir(parents=True, exist_ok=True)
-            apply_results(dataset, run).save_to_disk(str(folder / "interpreted"))
-            save_atlas_info(info, folder / "interpreted")
+            apply_results(dataset, run).save_to_disk(str(folder / INTERPRETED_ATLAS_DIR))
+            save_atlas_info(info, folder / INTERPRETED_ATLAS_DIR)
         print(f"{entry.name}: {client.ledger.describe()}")
 
     for report, (entry, *_rest) in zip(reports, items):
@@ -455,11 +442,10 @@ def run_interpret(
         if llm_config.dry_run:
             continue
         text = json.dumps(report, indent=2) + "\n"
-        (out / entry.name / COMSEM_FILE).write_text(text)
-        if write_to_dictionaries and entry.folder is not None:
-            (entry.folder / COMSEM_FILE).write_text(text)
+        for folder in (out / entry.name, out / entry.name / INTERPRETED_ATLAS_DIR):
+            (folder / COMSEM_FILE).write_text(text)
 
-    (out / "ledger.json").write_text(json.dumps(ledgers, indent=2) + "\n")
+    (out / LEDGER_FILE).write_text(json.dumps(ledgers, indent=2) + "\n")
     if llm_config.dry_run:
         now = sum(l["would_call"] for l in ledgers.values())
         later = sum(r["judge_calls_pending_explanations"] for r in reports)
@@ -469,9 +455,9 @@ def run_interpret(
               f"calls. Estimated prompt cost of the first {now}: ${cost:.4f}.")
         return reports
     table = results_table(reports)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(reports, indent=2) + "\n")
+    (out / RESULTS_TABLE_FILE).write_text(table + "\n")
+    (out / RESULTS_JSON_FILE).write_text(json.dumps(reports, indent=2) + "\n")
     if any(r["features_scored"] for r in reports):
-        plot_scores(reports, out / "comsem_scores.png")
+        plot_scores(reports, out / COMSEM_PLOT_FILE)
     print(table)
     return reports

@@ -1,0 +1,65 @@
+"""The dictionary factory: the kinds `hf-bae train --dictionaries` names, and a fresh dictionary of a
+kind built from the parsed option groups and the provenance of its activations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..configuration import BAEConfig, SAEConfig
+from ..formats import parse_hookpoint
+from ..modeling_bae import BinaryAutoencoder
+from ..modeling_base import DictionaryPreTrainedModel
+from ..modeling_sae import SparseAutoencoder
+
+DICTIONARY_KINDS: dict[str, str] = {
+    "bae": "Binary autoencoder (BAE options).",
+    "relu": "ReLU SAE with the L1 penalty (--l1_weight).",
+    "topk": "TopK SAE (--k), no L1.",
+    "jumprelu": "JumpReLU SAE with a fixed threshold (--jumprelu_threshold) and the L1 penalty.",
+    "legacy_topk": "The original code's TopK (keeps negatives and ties), no L1.",
+    "sae": "SAE with --activation as given (the original feature_reconstruction_SAE.py).",
+    "transcoder": "SAE (--activation) reading the MLP input of --layer and reconstructing --transcoder_target.",
+}
+_SAE_KIND_ACTIVATION = {"relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "legacy_topk": "legacy_topk"}
+
+
+def build_dictionary(kind: str, hidden_size: int, output_size: int | None, dictionary: dict[str, Any],
+                     bae: dict[str, Any], sae: dict[str, Any], provenance: dict[str, Any]) -> DictionaryPreTrainedModel:
+    """A fresh dictionary of `kind` (see `DICTIONARY_KINDS`) from the parsed option groups and the provenance."""
+    if kind not in DICTIONARY_KINDS:
+        raise ValueError(f"Unknown dictionary {kind!r}; choose from {', '.join(DICTIONARY_KINDS)}.")
+    common = {**dictionary, **provenance, "hidden_size": hidden_size}
+    if output_size is not None and output_size != hidden_size:
+        common["output_size"] = output_size
+    if kind == "bae":
+        return BinaryAutoencoder(BAEConfig(**common, **bae))
+    options = dict(sae)
+    if kind in _SAE_KIND_ACTIVATION:
+        options["activation"] = _SAE_KIND_ACTIVATION[kind]
+    if options.get("activation") in ("topk", "legacy_topk"):
+        # Even when --l1_weight is given for the ReLU/JumpReLU SAEs trained beside it: TopK is sparse by
+        # construction (as the original). SAEConfig's own default is 0 for topk, but a shared flag is not.
+        options["l1_weight"] = 0.0
+    return SparseAutoencoder(SAEConfig(**common, **options))
+
+
+def dictionaries_for_keys(keys: Mapping[str, str], hidden_sizes: Mapping[str, int], *, kind: str = "bae",
+                          dictionary: dict[str, Any] | None = None, bae: dict[str, Any] | None = None,
+                          sae: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
+                          ) -> tuple[dict[str, DictionaryPreTrainedModel], dict[str, tuple[str, None]]]:
+    """Fresh dictionaries of one `kind`, one per entry of `keys` (name → source key), and the `inputs`
+    the trainer takes (name → (key, None)).
+
+    A key written as a hookpoint (``layers.5.resid_post``) also records its layer and site in the config;
+    `hidden_sizes` gives each key's width (e.g. `{k: source.hidden_size(k) for k in keys.values()}`).
+    """
+    dictionaries, inputs = {}, {}
+    for name, key in keys.items():
+        p = dict(provenance or {})
+        if key.startswith("layers."):
+            p["layer"], p["site"] = parse_hookpoint(key)
+        dictionaries[name] = build_dictionary(kind, hidden_sizes[key], None, dict(dictionary or {}), dict(bae or {}),
+                                              dict(sae or {}), p)
+        inputs[name] = (key, None)
+    return dictionaries, inputs

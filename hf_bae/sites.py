@@ -151,7 +151,7 @@ def _mlp(layer: nn.Module, site: Site) -> nn.Module:
             return module
     raise ValueError(
         f"Cannot find the MLP of {type(layer).__name__} (looked for {', '.join(_MLP_NAMES)}), so {site} is not "
-        f"available; resid_post sites still are (e.g. layers.{site.layer}.resid_post)."
+        f"available; resid_post sites still are (e.g. {hookpoint(site.layer, 'resid_post')})."
     )
 
 

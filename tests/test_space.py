@@ -353,11 +353,12 @@ from huggingface_hub import HfApi
 from transformers import AutoModel
 import hf_bae
 from hf_bae.browser import FeatureBrowser
+from hf_bae.formats import ATLAS_INFO_FILE
 
 bae_dir, atlas_dir, out = sys.argv[1:4]
 AutoModel.from_pretrained(bae_dir).push_to_hub("tester/dictionaries", subfolder="layers.0.resid_post")
 datasets.load_from_disk(atlas_dir).push_to_hub("tester/bae-atlas")
-HfApi().upload_file(path_or_fileobj=f"{atlas_dir}/atlas.json", path_in_repo="atlas.json", repo_id="tester/bae-atlas", repo_type="dataset")
+HfApi().upload_file(path_or_fileobj=f"{atlas_dir}/{ATLAS_INFO_FILE}", path_in_repo=ATLAS_INFO_FILE, repo_id="tester/bae-atlas", repo_type="dataset")
 
 browser = FeatureBrowser.from_paths(["tester/bae-atlas"], ["tester/dictionaries/layers.0.resid_post"])
 page = browser.feature(None, int(sys.argv[4]))

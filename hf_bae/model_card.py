@@ -8,7 +8,7 @@ them as `hf_bae/model_cards/` (setup.py maps one onto the other), and `model_car
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,11 +96,12 @@ def is_transcoder(config: dict[str, Any]) -> bool:
     return bool(config.get("output_site")) and config.get("output_site") != config.get("site")
 
 
-def kind(config: dict[str, Any]) -> str:
-    """A short human name of the dictionary's architecture ("TopK SAE (k=32)")."""
-    if config.get("model_type") == "binary_autoencoder":
-        bits = config.get("bits", 1)
-        return "Binary autoencoder" + (f" ({bits} bits per feature)" if bits != 1 else "")
+def _bae_label(config: dict[str, Any]) -> str:
+    bits = config.get("bits", 1)
+    return "Binary autoencoder" + (f" ({bits} bits per feature)" if bits != 1 else "")
+
+
+def _sae_label(config: dict[str, Any]) -> str:
     activation = config.get("activation", "relu")
     label = {
         "relu": "ReLU SAE",
@@ -111,6 +112,32 @@ def kind(config: dict[str, Any]) -> str:
     if is_transcoder(config):
         label = label.replace("SAE", "transcoder") + f" → {config['output_site']}"
     return label
+
+
+@dataclass(frozen=True)
+class KindCard:
+    """What a card says about one dictionary kind (cards read `config.json` dicts, not models)."""
+
+    label: Callable[[dict[str, Any]], str]  # a short human name of the architecture
+    tag: str  # the Hub tag of the kind
+    binary: bool  # binary codes (a BAE): the usage snippet shows codes, not latents
+    activation_tag: bool  # tag the activation function (topk, relu, ...) too
+
+
+# config model_type -> its card; an unknown model_type reads as a sparse autoencoder's.
+KIND_CARDS = {
+    "binary_autoencoder": KindCard(_bae_label, "binary-autoencoder", binary=True, activation_tag=False),
+    "sparse_autoencoder": KindCard(_sae_label, "sparse-autoencoder", binary=False, activation_tag=True),
+}
+
+
+def kind_card(config: dict[str, Any]) -> KindCard:
+    return KIND_CARDS.get(config.get("model_type"), KIND_CARDS["sparse_autoencoder"])
+
+
+def kind(config: dict[str, Any]) -> str:
+    """A short human name of the dictionary's architecture ("TopK SAE (k=32)")."""
+    return kind_card(config).label(config)
 
 
 def num_latents(config: dict[str, Any]) -> int:
@@ -147,12 +174,9 @@ def card_data(entries: Sequence[CardEntry], repo_id: str, *, license: str | None
 
     model_types = {e.config.get("model_type") for e in entries}
     all_tags = ["hf_bae", "interpretability", "mechanistic-interpretability", "dictionary-learning"]
-    if "binary_autoencoder" in model_types:
-        all_tags.append("binary-autoencoder")
-    if "sparse_autoencoder" in model_types:
-        all_tags.append("sparse-autoencoder")
+    all_tags += [card.tag for model_type, card in KIND_CARDS.items() if model_type in model_types]
     for e in entries:
-        if e.config.get("model_type") == "sparse_autoencoder":
+        if e.config.get("model_type") in KIND_CARDS and kind_card(e.config).activation_tag:
             all_tags.append(e.config.get("activation", "relu").replace("_", "-"))
             if is_transcoder(e.config):
                 all_tags.append("transcoder")
@@ -235,7 +259,7 @@ def render_card(entries: Sequence[CardEntry], repo_id: str, *, license: str | No
         rows.append({
             "entry": e,
             "kind": kind(c),
-            "is_bae": c.get("model_type") == "binary_autoencoder",
+            "is_bae": kind_card(c).binary,
             "hookpoint": config_hookpoint(c) or "unrecorded",
             "layer": c.get("layer"),
             "site": c.get("site", "resid_post"),

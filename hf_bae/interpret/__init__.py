@@ -11,7 +11,7 @@
 - `client`: `LLMClient` (cache, budget, concurrency), `LLMConfig` (the LLM flags), `make_backend`.
 - `prompts`: the explainer and judge prompts (few-shot examples written for hf_bae).
 - `comsem`: explain, judge, score; `summarize_verdicts` is the logic of the `metrics/comsem` evaluate module.
-- `pipeline`: what `hf-bae atlas` and `hf-bae interpret` run.
+- `pipeline`: what `hf-bae atlas` and `hf-bae interpret` run; `report`: their comsem.json, table and plot.
 """
 
 from ..formats import AtlasInfo

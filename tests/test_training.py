@@ -310,3 +310,25 @@ def test_covariance_term_lowers_mean_offdiagonal_covariance(tmp_path):
     # Measured: 0.0377 -> 0.0117 at FVU 0.300 -> 0.297.
     assert with_cov["mean_abs_offdiagonal_cov"] < 0.5 * plain["mean_abs_offdiagonal_cov"], (plain, with_cov)
     assert with_cov["fvu"] < plain["fvu"] + 0.05, (plain, with_cov)
+
+
+# -- the library entry point of a brief run -----------------------------------------------------------
+
+
+def test_train_dictionaries_builds_on_source_keys_with_brief_options(tmp_path):
+    from hf_bae.training import BRIEF_OPTIONS, DictionaryTrainer, dictionaries_for_keys, train_dictionaries
+
+    assert Trainer is DictionaryTrainer
+    keys = {"early": "layers.0.resid_post", "late": "layers.3.mlp_out"}
+    source = TensorSource({k: data(seed=i) for i, k in enumerate(keys.values())},
+                          {k: data(300, seed=10 + i) for i, k in enumerate(keys.values())})
+    dictionaries, inputs = dictionaries_for_keys(keys, {k: D for k in keys.values()}, bae={"entropy_weight": 1e-3},
+                                                 provenance={"base_model": "some/lm"})
+    assert inputs == {"early": ("layers.0.resid_post", None), "late": ("layers.3.mlp_out", None)}
+    results = train_dictionaries(dictionaries, source, tmp_path, inputs=inputs, max_steps=5, batch_size=100,
+                                 progress=False, initialization_tokens=200)
+    assert set(results) == {"early", "late"} and not (tmp_path / "early" / "plots").exists()
+    options = json.loads((tmp_path / "training_args.json").read_text())
+    assert all(options[k] == v for k, v in BRIEF_OPTIONS.items()) and options["max_steps"] == 5
+    saved = json.loads((tmp_path / "late" / "config.json").read_text())
+    assert (saved["layer"], saved["site"], saved["base_model"], saved["entropy_weight"]) == (3, "mlp_out", "some/lm", 1e-3)

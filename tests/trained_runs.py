@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
-from hf_bae.metrics import FeatureStats, features_fired
+from hf_bae.metrics import FeatureStats
 
 D = 16
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -44,10 +44,10 @@ def evaluate(model) -> dict:
     model.eval()
     x = activations(256, seed=999)
     out = model(x, return_loss=False)
-    is_bae = isinstance(model, BinaryAutoencoder)
-    acts = out.codes if is_bae else out.latents
-    stats = FeatureStats(model.config.num_latents, num_codes=acts.shape[-1], binary=is_bae)
-    stats.update(features_fired(acts, model.config.bits if is_bae else 1), x, out.reconstruction, codes=acts if is_bae else None)
+    binary = model.kind == "BAE"
+    codes = out.codes if binary else None
+    stats = FeatureStats(model.num_features, num_codes=getattr(model.config, "num_codes", None), binary=binary)
+    stats.update(model.features_fired(out), x, out.reconstruction, codes=codes)
     return stats.summary()
 
 

@@ -51,14 +51,14 @@ def dictionaries_for_keys(keys: Mapping[str, str], hidden_sizes: Mapping[str, in
     """Fresh dictionaries of one `kind`, one per entry of `keys` (name → source key), and the `inputs`
     the trainer takes (name → (key, None)).
 
-    A key written as a hookpoint (``layers.5.resid_post``) also records its layer and site in the config;
-    `hidden_sizes` gives each key's width (e.g. `{k: source.hidden_size(k) for k in keys.values()}`).
+    A key written as a hookpoint (``layers.5.resid_post``) also records its layer and site in the config,
+    unless `provenance` names them; `hidden_sizes` gives each key's width (e.g.
+    `{k: source.hidden_size(k) for k in keys.values()}`).
     """
     dictionaries, inputs = {}, {}
     for name, key in keys.items():
-        p = dict(provenance or {})
-        if key.startswith("layers."):
-            p["layer"], p["site"] = parse_hookpoint(key)
+        parsed = dict(zip(("layer", "site"), parse_hookpoint(key))) if key.startswith("layers.") else {}
+        p = {**parsed, **(provenance or {})}
         dictionaries[name] = build_dictionary(kind, hidden_sizes[key], None, dict(dictionary or {}), dict(bae or {}),
                                               dict(sae or {}), p)
         inputs[name] = (key, None)

@@ -18,11 +18,12 @@ import io
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .browser import DEFAULT_MAX_TOKENS, TABLE_COLUMNS, TABLE_SORT_KEYS, FeatureBrowser
+from .configuration import option
 
 ENV_PREFIX = "HF_BAE_"
 
@@ -71,30 +72,25 @@ class SpaceArguments:
     a Space is configured; the old names HF_BAE_MODEL (dictionary) and HF_BAE_LM (language model)
     are still read."""
 
-    atlas: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Feature atlas folder(s) or Hub dataset id(s) written by `hf-bae atlas`. Several: compared side by side. "
-                  "None: a small default atlas of the embedded model is built (once, then cached)."},
+    atlas: list[str] = option(
+        [], "Feature atlas folder(s) or Hub dataset id(s) written by `hf-bae atlas`. Several: compared side by side. "
+        "None: a small default atlas of the embedded model is built (once, then cached).",
     )
-    dictionary: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Dictionary folder(s) or Hub id(s), one per atlas in the same order; needed for neighbours and Try it. "
-                  "A missing one falls back to the dictionary recorded in the atlas. --model is its old name, still accepted.",
-                  "aliases": ["--model"]},
+    dictionary: list[str] = option(
+        [], "Dictionary folder(s) or Hub id(s), one per atlas in the same order; needed for neighbours and Try it. "
+        "A missing one falls back to the dictionary recorded in the atlas. --model is its old name, still accepted.",
+        aliases=["--model"],
     )
-    name: list[str] = field(default_factory=list, metadata={"help": "Labels of the atlases (default: the dictionary type)."})
-    base_model: str | None = field(
-        default=None,
-        metadata={"help": "Language model for Try it (default: the dictionary's base_model). --lm is its old name, still accepted.",
-                  "aliases": ["--lm"]},
+    name: list[str] = option([], "Labels of the atlases (default: the dictionary type).")
+    base_model: str | None = option(
+        None, "Language model for Try it (default: the dictionary's base_model). --lm is its old name, still accepted.",
+        aliases=["--lm"],
     )
-    max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata={"help": "Try-it input is truncated to this many tokens."})
-    host: str | None = field(default=None, metadata={"help": "Address to listen on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME)."})
-    port: int | None = field(default=None, metadata={"help": "Port (default: Gradio's, 7860 or the next free one)."})
-    share: bool = field(default=False, metadata={"help": "Create a public gradio.live link (needs the internet)."})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Where the default atlas is built and cached (default: $HF_HOME/hf_bae/space-default)."}
-    )
+    max_tokens: int = option(DEFAULT_MAX_TOKENS, "Try-it input is truncated to this many tokens.")
+    host: str | None = option(None, "Address to listen on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME).")
+    port: int | None = option(None, "Port (default: Gradio's, 7860 or the next free one).")
+    share: bool = option(False, "Create a public gradio.live link (needs the internet).")
+    cache_dir: str | None = option(None, "Where the default atlas is built and cached (default: $HF_HOME/hf_bae/space-default).")
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -119,14 +115,14 @@ def apply_environment(args: SpaceArguments, environ: dict[str, str] | None = Non
     """Fill options left unset on the command line from HF_BAE_* environment variables (`ENVIRONMENT_NAMES`)."""
     environ = os.environ if environ is None else environ
     defaults = SpaceArguments()
-    for option, names in ENVIRONMENT_NAMES.items():
+    for key, names in ENVIRONMENT_NAMES.items():
         value = next((environ[ENV_PREFIX + n] for n in names if environ.get(ENV_PREFIX + n)), None)
-        if value is None or getattr(args, option) != getattr(defaults, option):
+        if value is None or getattr(args, key) != getattr(defaults, key):
             continue
-        if isinstance(getattr(defaults, option), list):
-            setattr(args, option, [v.strip() for v in value.split(",") if v.strip()])
+        if isinstance(getattr(defaults, key), list):
+            setattr(args, key, [v.strip() for v in value.split(",") if v.strip()])
         else:
-            setattr(args, option, int(value) if option == "max_tokens" else value)
+            setattr(args, key, int(value) if key == "max_tokens" else value)
     args.__post_init__()
     return args
 

@@ -10,20 +10,19 @@ environment variable HF_BAE_<FLAG> (HF_BAE_ATLAS=dir1,dir2; also the old HF_BAE_
 which is how the Space in spaces_app/ is configured.
 """
 
-import sys
 from collections.abc import Sequence
 
 from ..arguments import parse
 from ..space import SpaceArguments, apply_environment, browser_from_arguments, launch
+from ._common import EXIT_OK, run_or_explain
 
 
 def main(argv: Sequence[str] | None = None, **launch_kwargs) -> int:
-    try:
+    def run() -> int:
         (args,) = parse([SpaceArguments], argv, prog="hf-bae space", description=__doc__.split("\n\n")[0])
         args = apply_environment(args)
         browser = browser_from_arguments(args)
-    except ValueError as err:
-        print(f"hf-bae space: {err}", file=sys.stderr)
-        return 2
-    launch(browser, host=args.host, port=args.port, share=args.share, **launch_kwargs)
-    return 0
+        launch(browser, host=args.host, port=args.port, share=args.share, **launch_kwargs)
+        return EXIT_OK
+
+    return run_or_explain("hf-bae space", run)

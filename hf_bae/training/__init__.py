@@ -8,6 +8,7 @@
 - `checkpoints`: the run folder (`holds_run`, `latest_checkpoint`, `check_output_dir`) and checkpoints.
 - `initialization`: normalisation statistics and the BAE's initial firing rate from the first batches.
 - `inputs`: the one place that turns options into a language model, an activation source and provenance.
+- `step_metrics`: the training metrics of a step and the records of `metrics.jsonl`.
 - `loop`: `DictionaryTrainer` (alias `Trainer`), `NonFiniteLossError`, `TrainingInterrupted`.
 - `run`: `train` (what `hf-bae train` does), `train_dictionaries` / `brief_arguments` (a brief run of
   dictionaries built by the caller), `summarize_run`.

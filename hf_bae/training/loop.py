@@ -38,6 +38,7 @@ from .arguments import TrainingArguments
 from .initialization import initialize_from_data
 from .inputs import source_keys
 from .schedules import learning_rate_at, penalty_active, warmup_starts
+from .step_metrics import step_window, window_record
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,12 +51,6 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
         self.signal_number = signal_number
-
-
-_TRAIN_STATS = ("loss", "reconstruction_loss", "entropy_bits", "covariance", "l1", "l0", "squared_error",
-                "target_variance")
-# The output fields of the penalty slots of `_TRAIN_STATS` (a model without one logs zero there).
-_PENALTY_FIELDS = ("entropy_loss", "covariance_loss", "l1_loss")
 
 
 @dataclass
@@ -266,17 +261,8 @@ class DictionaryTrainer:
             out = e.model(x, target=target, **model.training_kwargs(on, e.since_fired))
             acc.backward(out.loss)
             with torch.no_grad():
-                t = (x if target is None else target).float()
                 fired_mask = model.features_fired(out).detach()
-                zero = out.loss.new_zeros(())
-                penalties = [getattr(out, name, None) for name in _PENALTY_FIELDS]
-                stats = torch.stack([
-                    out.loss.detach().float(), out.reconstruction_loss.detach().float(),
-                    *[(v.detach().float() if v is not None else zero) for v in penalties],
-                    fired_mask.sum(-1).float().mean(),
-                    (t - out.reconstruction.detach().float()).pow(2).sum(),
-                    (t - t.mean(0, keepdim=True)).pow(2).sum(),
-                ])
+                stats = step_window(out, fired_mask, x if target is None else target)
                 e.window = stats if e.window is None else e.window + stats
                 e.since_fired += n
                 e.since_fired.masked_fill_(fired_mask.any(0), 0)
@@ -343,22 +329,7 @@ class DictionaryTrainer:
         out = {}
         micro = steps * self.args.gradient_accumulation_steps
         for e, row, dead_fraction in zip(self.entries, values, dead):
-            s = dict(zip(_TRAIN_STATS, row))
-            record = {
-                "loss": s["loss"] / micro, "mse": s["reconstruction_loss"] / micro, "l0": s["l0"] / micro,
-                "fvu": s["squared_error"] / s["target_variance"] if s["target_variance"] > 0 else float("nan"),
-                "dead_fraction": dead_fraction, "learning_rate": lr,
-            }
-            model = self._unwrap(e)
-            terms = model.penalty_terms
-            if "entropy_loss" in terms:
-                record["entropy_bits"] = s["entropy_bits"] / micro
-            if "covariance_loss" in terms and s["covariance"] > 0:
-                m = model.config.num_codes
-                record["mean_abs_offdiagonal_cov"] = s["covariance"] / micro / (m * (m - 1))
-            if "l1_loss" in terms and s["l1"] > 0:
-                record["l1"] = s["l1"] / micro
-            out[e.name] = record
+            out[e.name] = window_record(self._unwrap(e), row, micro, dead_fraction, lr)
             e.window = None
         tokens_per_s = steps * self.tokens_per_step / max(seconds, 1e-9)
         if acc.is_main_process:

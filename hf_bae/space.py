@@ -159,7 +159,9 @@ def default_inputs(cache_dir: str | os.PathLike | None = None, *, train_tokens: 
     from transformers import AutoModel
 
     from .activations import load_language_model, load_texts
-    from .interpret.atlas import AtlasConfig, build_atlas, save_atlas
+    from .formats import CHECKPOINTS_DIR
+    from .interpret.atlas import AtlasConfig, build_atlas
+    from .interpret.atlas_format import save_atlas
     from .training import BAEArguments, DictionaryArguments, brief_arguments, train
 
     print(f"hf_bae space: building the default atlas in {root} (once; a few minutes on a CPU)...", flush=True)
@@ -178,7 +180,7 @@ def default_inputs(cache_dir: str | os.PathLike | None = None, *, train_tokens: 
         dictionary_paths=[str(dictionary)], progress=progress,
     )
     save_atlas(dataset, info, work / "atlas")
-    shutil.rmtree(work / "run" / "checkpoints", ignore_errors=True)
+    shutil.rmtree(work / "run" / CHECKPOINTS_DIR, ignore_errors=True)
     (work / "complete.json").write_text(json.dumps({"train_tokens": train_tokens, "atlas_texts": atlas_texts, "layer": DEFAULT_LAYER}))
     root.parent.mkdir(parents=True, exist_ok=True)
     try:

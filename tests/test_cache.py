@@ -233,17 +233,18 @@ def test_cli_harvest_and_pickle_import(tmp_path, tiny_lm, capsys):
     cache = ActivationCache(out)
     assert cache.num_tokens == 700 and cache.manifest.text_source["dataset"] == str(data) and cache.manifest.text_source["column"] == "body"
     assert cli_main(argv) == 0  # already complete: nothing to do
-    with pytest.raises(ValueError, match="no column 'text'"):
-        cli_main(["harvest", "--output_dir", str(tmp_path / "x"), "--model", model.name_or_path, "--dataset", str(data),
-                  "--sites", "layers.1.resid_post"])
+    assert cli_main(["harvest", "--output_dir", str(tmp_path / "x"), "--model", model.name_or_path, "--dataset", str(data),
+                     "--sites", "layers.1.resid_post"]) == 2
+    assert "no column 'text'" in capsys.readouterr().err
     (tmp_path / "f.pkl").write_bytes(pickle.dumps([torch.ones(4)] * 5))
-    with pytest.raises(ValueError, match="Refusing to unpickle"):
-        cli_main(["harvest", "--output_dir", str(tmp_path / "p"), "--from_pickle", str(tmp_path / "f.pkl"), "--sites", "layers.0.resid_post"])
+    assert cli_main(["harvest", "--output_dir", str(tmp_path / "p"), "--from_pickle", str(tmp_path / "f.pkl"),
+                     "--sites", "layers.0.resid_post"]) == 2  # bad input, one line
+    assert "Refusing to unpickle" in capsys.readouterr().err
     assert cli_main(["harvest", "--output_dir", str(tmp_path / "p"), "--from_pickle", str(tmp_path / "f.pkl"), "--allow_pickle",
                      "--sites", "layers.0.resid_post"]) == 0
     assert ActivationCache(tmp_path / "p").num_tokens == 5
-    with pytest.raises(SystemExit):
-        cli_main(["harvest", "--output_dir", str(tmp_path / "q")])  # no sites
+    assert cli_main(["harvest", "--output_dir", str(tmp_path / "q")]) == 2  # no sites
+    assert "name the sites to harvest" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -112,7 +112,7 @@ def test_push_to_hub_keeps_transformers_signature_and_validates_first():
 def test_malformed_repo_ids_are_refused_before_any_work(run, repo_id, tmp_path):
     with pytest.raises(ValueError, match="is not a valid Hub repo id.*namespace/name"):
         push_run(run, repo_id)
-    assert cli(["push", str(run), repo_id]) == 1
+    assert cli(["push", str(run), repo_id]) == 2  # bad input
 
 
 def _run_without_weights(path):
@@ -154,7 +154,7 @@ def test_only_picks_dictionaries_and_names_unknown_ones(run, tmp_path):
 def test_dry_run_needs_an_empty_folder_and_cli_reports_the_staged_folder(run, tmp_path, capsys):
     assert cli(["push", str(run / "relu"), "tester/x", "--output_dir", str(tmp_path / "out")]) == 0
     assert "nothing was uploaded" in capsys.readouterr().out
-    assert cli(["push", str(run / "relu"), "tester/x", "--output_dir", str(tmp_path / "out")]) == 1
+    assert cli(["push", str(run / "relu"), "tester/x", "--output_dir", str(tmp_path / "out")]) == 2
     assert "is not empty" in capsys.readouterr().err
 
 
@@ -190,4 +190,4 @@ def test_comsem_results_beside_the_atlas_reach_the_card(run, tmp_path):
     (interp / "topk" / "comsem.json").write_text(json.dumps({"comsem_score": 0.3, "name": "topk", "dictionary_fingerprint": "0" * 64}))
     with pytest.raises(ValueError, match="another dictionary"):
         push_run(run, "tester/dicts", output_dir=tmp_path / "out2", comsem=[str(interp / "topk" / "comsem.json")], only=["topk"])
-    assert cli(["push", str(run), "tester/dicts", "--output_dir", str(tmp_path / "out3"), "--comsem", str(tmp_path / "nowhere")]) == 1
+    assert cli(["push", str(run), "tester/dicts", "--output_dir", str(tmp_path / "out3"), "--comsem", str(tmp_path / "nowhere")]) == 2

@@ -91,5 +91,5 @@ def test_cli_import_original(tmp_path, capsys):
     assert rc == 0 and "BinaryAutoencoder" in capsys.readouterr().out
     model = AutoModel.from_pretrained(tmp_path / "out")
     assert model.config.base_model == "gpt2" and model.config.layer == 2
-    assert cli(["import-original", str(tmp_path / "model_x.pt"), str(tmp_path / "nope.txt"), str(tmp_path / "o2")]) == 1
+    assert cli(["import-original", str(tmp_path / "model_x.pt"), str(tmp_path / "nope.txt"), str(tmp_path / "o2")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -70,5 +70,5 @@ def test_cli_exports_the_saes_of_a_run_and_skips_the_bae(tmp_path, capsys):
     assert (tmp_path / "out" / "layers.1.resid_post.topk" / "cfg.json").is_file()
     assert not (tmp_path / "out" / "layers.1.resid_post.bae").exists()
     assert BAE_HAS_NO_SAELENS_EQUIVALENT in capsys.readouterr().err
-    assert cli(["export-saelens", str(run / "bae"), str(tmp_path / "none")]) == 1  # nothing exportable
+    assert cli(["export-saelens", str(run / "bae"), str(tmp_path / "none")]) == 2  # nothing exportable: bad input
     assert "nothing to export" in capsys.readouterr().err

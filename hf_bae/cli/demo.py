@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..formats import CHECKPOINTS_DIR, TRAINING_ARGS_FILE
+from ._common import run_or_explain
 
 DEFAULT_OUTPUT_DIR = "hf_bae_runs/demo"
 
@@ -40,7 +41,7 @@ def _is_demo_run(path: Path) -> bool:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run the demo; exit 1 if the output folder holds a run that is not a demo."""
+    """Run the demo (exit codes: `hf_bae.cli`; 2 if the output folder holds a run that is not a demo)."""
     parser = argparse.ArgumentParser(prog="hf-bae demo", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=DEFAULT_OUTPUT_DIR,
@@ -49,25 +50,19 @@ def main(argv: Sequence[str]) -> int:
                         help="Training tokens (the default takes a few minutes on 2 CPU cores).")
     opts = parser.parse_args(list(argv))
 
-    from ..training import NonFiniteLossError, TrainingInterrupted, summarize_run, train
+    return run_or_explain("hf-bae demo", lambda: _demo(Path(opts.output_dir), opts.max_tokens))
 
-    out = Path(opts.output_dir)
+
+def _demo(out: Path, max_tokens: int) -> int:
+    from ..training import summarize_run, train
+
     if not _is_demo_run(out):
-        print(f"hf-bae demo: error: {out} holds a training run that is not a demo; choose another --output-dir.",
-              file=sys.stderr)
-        return 1
-    args, dictionary, bae, sae = demo_arguments(str(out), opts.max_tokens, overwrite=True)
+        raise ValueError(f"{out} holds a training run that is not a demo; choose another --output-dir.")
+    args, dictionary, bae, sae = demo_arguments(str(out), max_tokens, overwrite=True)
     print(f"hf-bae demo: training a BAE and a TopK SAE on layer {args.layer} ({args.site}) of SmolLM2-135M-Instruct "
           f"with {args.max_tokens:,} tokens of State of the Union addresses (offline). Output: {out}/", flush=True)
     started = time.perf_counter()
-    try:
-        results = train(args, dictionary, bae, sae, extra_options={"demo": True})  # lets a later demo replace it
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return 128 + int(exc.signal_number)
-    except (NonFiniteLossError, ValueError) as exc:
-        print(f"hf-bae demo: error: {exc}", file=sys.stderr)
-        return 1
+    results = train(args, dictionary, bae, sae, extra_options={"demo": True})  # lets a later demo replace it
     minutes = (time.perf_counter() - started) / 60
     print(f"\nDone in {minutes:.1f} min.\n")
     print(summarize_run(out, results))

@@ -1,11 +1,13 @@
 """`hf-bae export-saelens SOURCE OUTPUT_DIR`: write ReLU / TopK / JumpReLU dictionaries in the SAELens
 folder format (cfg.json + sae_weights.safetensors). A BAE has no SAELens equivalent and is skipped."""
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..arguments import build_parser
+from ._common import run_or_explain
 
 
 @dataclass
@@ -27,20 +29,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("source", help="dictionary folder, run directory, or Hub repo id")
     parser.add_argument("output_dir", help="where to write the SAELens folder(s)")
     args, positional = parser.parse_args_into_dataclasses(args=argv)
+    return run_or_explain("hf-bae export-saelens", lambda: _export(args, positional))
 
+
+def _export(args: ExportSAELensArguments, positional: argparse.Namespace) -> int:
     from ..loading import load_all
     from ..saelens import export_saelens, saelens_architecture
 
-    try:
-        dictionaries = load_all(positional.source, revision=args.revision)
-    except (ValueError, OSError) as err:
-        print(f"hf-bae export-saelens: error: {err}", file=sys.stderr)
-        return 1
+    dictionaries = load_all(positional.source, revision=args.revision)
     if args.only:
         unknown = sorted(set(args.only) - set(dictionaries))
         if unknown:
-            print(f"hf-bae export-saelens: error: no dictionary named {', '.join(unknown)}; there are {', '.join(dictionaries)}.", file=sys.stderr)
-            return 1
+            raise ValueError(f"no dictionary named {', '.join(unknown)}; there are {', '.join(dictionaries)}.")
         dictionaries = {name: model for name, model in dictionaries.items() if name in args.only}
     output = Path(positional.output_dir)
     exported, skipped = [], []
@@ -56,6 +56,5 @@ def main(argv: list[str]) -> int:
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     if not exported:
-        print("hf-bae export-saelens: error: nothing to export.", file=sys.stderr)
-        return 1
+        raise ValueError("nothing to export (no dictionary here has a SAELens equivalent).")
     return 0

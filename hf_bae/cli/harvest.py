@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..arguments import parse
 from ..configuration import option
+from ._common import run_or_explain
 
 _STORAGE = ("float32", "float16", "bfloat16")
 _COMPUTE = ("float32", "bfloat16", "float16", "auto")
@@ -61,8 +62,12 @@ class HarvestArguments:
 
 def main(argv: Sequence[str] | None = None) -> int:
     (args,) = parse([HarvestArguments], argv, prog="hf-bae harvest", description=__doc__.split("\n\n")[0])
+    return run_or_explain("hf-bae harvest", lambda: _harvest(args))
+
+
+def _harvest(args: HarvestArguments) -> int:
     if not args.output_dir:
-        raise SystemExit("hf-bae harvest: --output_dir is required.")
+        raise ValueError("--output_dir is required.")
     from ..cache import ActivationCache, harvest, import_legacy_pickle
 
     start = time.perf_counter()
@@ -80,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         if not args.sites:
-            raise SystemExit("hf-bae harvest: name the sites to harvest, e.g. --sites layers.14.resid_post.")
+            raise ValueError("name the sites to harvest, e.g. --sites layers.14.resid_post.")
         import torch
 
         from ..activations.language_models import load_language_model

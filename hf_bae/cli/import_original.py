@@ -1,10 +1,11 @@
 """`hf-bae import-original MODEL_PT PARAMS OUTPUT_DIR`: turn a model trained by the original research code
 (hc495/Binary_Autoencoder) into an hf_bae dictionary folder."""
 
-import sys
+import argparse
 from dataclasses import dataclass, field
 
 from ..arguments import build_parser
+from ._common import run_or_explain
 
 
 @dataclass
@@ -44,17 +45,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("params", help="the original run's experiment_params.txt (or a .pkl with --allow_pickle)")
     parser.add_argument("output_dir", help="where to write config.json + model.safetensors")
     args, positional = parser.parse_args_into_dataclasses(args=argv)
+    return run_or_explain("hf-bae import-original", lambda: _import(args, positional))
 
+
+def _import(args: ImportOriginalArguments, positional: argparse.Namespace) -> int:
     from ..legacy import convert_original_checkpoint
 
-    try:
-        model = convert_original_checkpoint(
-            positional.model_pt, positional.params, allow_pickle=args.allow_pickle, kind=args.kind,
-            base_model=args.base_model, layer=args.layer, k=args.k, jumprelu_threshold=args.jumprelu_threshold,
-        )
-    except (ValueError, OSError) as err:
-        print(f"hf-bae import-original: error: {err}", file=sys.stderr)
-        return 1
+    model = convert_original_checkpoint(
+        positional.model_pt, positional.params, allow_pickle=args.allow_pickle, kind=args.kind,
+        base_model=args.base_model, layer=args.layer, k=args.k, jumprelu_threshold=args.jumprelu_threshold,
+    )
     model.save_pretrained(positional.output_dir)
     config = model.config
     print(f"{type(model).__name__} (d={config.hidden_size}, m={config.num_latents}) -> {positional.output_dir}")

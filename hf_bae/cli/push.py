@@ -2,11 +2,10 @@
 
 import argparse
 import dataclasses
-import logging
-import sys
 
 from ..arguments import build_parser
-from ..hub import HubUploadError, PushOptions, push_run
+from ..hub import PushOptions, push_run
+from ._common import run_or_explain, setup_logging
 
 DESCRIPTION = """Upload the trained dictionaries of a run to a Hugging Face Hub model repo: config, weights,
 modeling code (for trust_remote_code), training arguments, metrics, plots and a generated model card.
@@ -37,13 +36,12 @@ def main(argv: list[str]) -> int:
         options, positional = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
         parser.error(str(err))
-    logging.basicConfig(format="%(message)s")  # warnings of every library; progress of ours only
-    logging.getLogger("hf_bae").setLevel(logging.INFO)
-    try:
-        result = push_run(positional.run_dir, positional.repo_id, **dataclasses.asdict(options))
-    except (ValueError, HubUploadError) as err:
-        print(f"hf-bae push: error: {err}", file=sys.stderr)
-        return 1
+    setup_logging()
+    return run_or_explain("hf-bae push", lambda: _push(options, positional))
+
+
+def _push(options: PushOptions, positional: argparse.Namespace) -> int:
+    result = push_run(positional.run_dir, positional.repo_id, **dataclasses.asdict(options))
     for name, folder in result.subfolders.items():
         where = f"{result.repo_id}, subfolder {folder}" if folder else f"{result.repo_id} (repo root)"
         print(f"{name} -> {where}")

@@ -4,6 +4,7 @@ import sys
 from collections.abc import Sequence
 
 from ..arguments import parse
+from ._common import run_or_explain
 
 DESCRIPTION = """Train one or several dictionaries (BAE, ReLU / TopK / JumpReLU SAEs, transcoders) on the hidden \
 states of a language model, side by side on the same tokens, each with its own optimiser and output folder. \
@@ -23,24 +24,16 @@ def parse_args(argv: Sequence[str] | None):
 
 
 def main(argv: Sequence[str]) -> int:
-    """Parse, train, print the final metrics and where the results are; exit 1 on bad input or NaN."""
+    """Parse, train, print the final metrics and where the results are (exit codes: `hf_bae.cli`)."""
+    return run_or_explain("hf-bae train", lambda: _train(*parse_args(argv)))
+
+
+def _train(args, dictionary, bae, sae) -> int:
     from accelerate import PartialState
 
-    from ..training import NonFiniteLossError, TrainingInterrupted, summarize_run, train
+    from ..training import summarize_run, train
 
-    try:
-        args, dictionary, bae, sae = parse_args(argv)
-    except ValueError as exc:
-        print(f"hf-bae train: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        results = train(args, dictionary, bae, sae)
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return 128 + int(exc.signal_number)
-    except (NonFiniteLossError, ValueError, FileNotFoundError) as exc:
-        print(f"hf-bae train: error: {exc}", file=sys.stderr)
-        return 1
+    results = train(args, dictionary, bae, sae)
     if PartialState().is_main_process:
         print(summarize_run(args.output_dir, results))
     return 0

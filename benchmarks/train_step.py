@@ -206,7 +206,7 @@ def bench_ours_topk(model_name, layer, k, steps, tokens_per_step, context_length
 
     AcceleratorState._reset_state(True)
     args = training.TrainingArguments(
-        model_name_or_path=model_name, layer=layer, dictionaries=["topk"], batch_size=tokens_per_step,
+        base_model=model_name, layer=layer, dictionaries=["topk"], batch_size=tokens_per_step,
         context_length=context_length, lm_batch_size=8, shuffle_rows=8, max_steps=steps, learning_rate=5e-4,
         validate_every=0, validation_tokens=256, validation_texts=64, splice_rows=0, log_every=10**9,
         checkpoint_every=0, plots=False, save_dictionaries=False, output_dir=str(workdir), progress=False)

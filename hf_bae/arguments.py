@@ -3,6 +3,11 @@
 A dataclass field's `metadata["help"]` becomes its `--help` text, `metadata["choices"]` its choices and
 `metadata["aliases"]` extra flag names (we use them for the original code's flag names, such as
 `--covarience_weight`). Parsing is transformers' `HfArgumentParser`.
+
+The options several commands share are written here once (`base_model_option` and its revision and
+dtype), so that a flag means the same in every command: `--base_model` is always the language model
+the dictionaries read, `--base_model_revision` its revision, `--base_model_dtype` its dtype, and
+`--dictionary` always a trained dictionary. The spellings commands used before are kept as aliases.
 """
 
 import argparse
@@ -12,7 +17,32 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from .configuration import own_fields
+from .configuration import option, own_fields
+
+# Old spellings of the shared options, still accepted (the command lines of earlier releases and of the
+# original code keep working). `hf-bae space --model` was the dictionary, so it is not among them.
+BASE_MODEL_ALIASES = ("--model", "--model_name_or_path", "--LM_name")
+BASE_MODEL_REVISION_ALIASES = ("--revision", "--model_revision")
+BASE_MODEL_DTYPE_ALIASES = ("--model_dtype", "--lm_dtype")
+
+
+def base_model_option(default: str | None = "embedded", note: str = "", aliases: Sequence[str] = BASE_MODEL_ALIASES) -> Any:
+    """The `--base_model` field: the language model whose hidden states the dictionaries read."""
+    return option(default, "Language model whose hidden states the dictionaries read: 'embedded' (SmolLM2-135M-Instruct, "
+                  "offline), a Hub id or a local folder." + (f" {note}" if note else "")
+                  + f" Old names: {', '.join(aliases)}.", aliases=list(aliases))
+
+
+def base_model_revision_option() -> Any:
+    """The `--base_model_revision` field."""
+    return option(None, "Revision (branch, tag or commit) of --base_model. Old names: "
+                  f"{', '.join(BASE_MODEL_REVISION_ALIASES)}.", aliases=list(BASE_MODEL_REVISION_ALIASES))
+
+
+def base_model_dtype_option(aliases: Sequence[str] = BASE_MODEL_DTYPE_ALIASES) -> Any:
+    """The `--base_model_dtype` field (None: float32 on CPU, the accelerator's default dtype on GPU)."""
+    return option(None, "dtype of --base_model: float32, bfloat16, float16 or auto; default: float32 on CPU, the "
+                  f"checkpoint's own dtype (auto) on an accelerator. Old names: {', '.join(aliases)}.", aliases=list(aliases))
 
 
 def config_arguments(config_class: type, exclude: Sequence[str] = ()) -> type:

@@ -233,6 +233,17 @@ def test_resume_refuses_changed_options_and_missing_checkpoints(tmp_path):
         Trainer(args_for(tmp_path, max_steps=6, batch_size=50, resume=True), pair(), TensorSource({"x": x}))
 
 
+def test_a_run_recorded_under_the_old_option_names_still_resumes(tmp_path):
+    x = data(1000)
+    Trainer(args_for(tmp_path, max_steps=3), pair(), TensorSource({"x": x})).train()
+    path = tmp_path / "training_args.json"
+    options = json.loads(path.read_text())
+    renamed = {"base_model": "model_name_or_path", "base_model_revision": "model_revision", "base_model_dtype": "lm_dtype"}
+    path.write_text(json.dumps({renamed.get(k, k): v for k, v in options.items()}))  # as written before the rename
+    Trainer(args_for(tmp_path, max_steps=6, resume=True), pair(), TensorSource({"x": x})).train()
+    assert json.loads((tmp_path / "bae" / "eval_results.json").read_text())["step"] == 6
+
+
 def test_nan_loss_stops_with_a_checkpoint_naming_the_step(tmp_path):
     x = data(3000)
     x[1234, 3] = float("nan")  # lands in one batch of the unshuffled stream: rows 1200..1299 = step 13

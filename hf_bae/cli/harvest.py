@@ -4,8 +4,8 @@ code's pickled feature sets), for training dictionaries on the same tokens many 
 Examples:
 
     hf-bae harvest --output_dir runs/cache --sites layers.14.resid_post --num_tokens 2000000
-    hf-bae harvest --output_dir runs/cache --model meta-llama/Llama-3.2-1B --dataset HuggingFaceFW/fineweb \\
-        --sites layers.10.resid_post layers.10.mlp_in --num_tokens 100000000 --model_dtype bfloat16 --dtype bfloat16
+    hf-bae harvest --output_dir runs/cache --base_model meta-llama/Llama-3.2-1B --dataset HuggingFaceFW/fineweb \\
+        --sites layers.10.resid_post layers.10.mlp_in --num_tokens 100000000 --base_model_dtype bfloat16 --storage_dtype bfloat16
     hf-bae harvest --output_dir runs/legacy --from_pickle feature.pkl --allow_pickle --layer 6
 
 Run the same command again after an interruption: it resumes after the last complete shard.
@@ -15,12 +15,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..arguments import parse
+from ..arguments import base_model_dtype_option, base_model_option, base_model_revision_option, parse
 from ..configuration import option
 from ._common import run_or_explain
 
 _STORAGE = ("float32", "float16", "bfloat16")
-_COMPUTE = ("float32", "bfloat16", "float16", "auto")
 
 
 @dataclass
@@ -32,8 +31,8 @@ class HarvestArguments:
         "hidden_states[L+1] (the original code's --layer L+1); mlp_in is the MLP input after its norm; mlp_out the MLP output.",
     )
     num_tokens: int = option(1_000_000, "Tokens to store (special tokens and outliers are not counted: they are left out).")
-    model: str = option("embedded", "Causal LM: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.")
-    revision: str | None = option(None, "Hub revision of the model.")
+    base_model: str = base_model_option("embedded")
+    base_model_revision: str | None = base_model_revision_option()
     dataset: str = option(
         "embedded",
         "Text: 'embedded' (State of the Union paragraphs, offline), a Hub dataset id, a local .txt/.jsonl/.csv/.parquet file or folder.",
@@ -45,10 +44,9 @@ class HarvestArguments:
     context_length: int = option(128, "Tokens per packed row (each row starts with BOS when the tokenizer has one).")
     batch_size: int = option(8, "Rows per forward pass.")
     shard_tokens: int | None = option(None, "Tokens per shard (default: shards of about 64 MiB).")
-    dtype: str = option("float32", "Storage dtype of the cache (reading always gives float32).", choices=list(_STORAGE))
-    model_dtype: str | None = option(
-        None, "Dtype of the language model: float32 (CPU default), bfloat16, float16, auto (accelerator default).", choices=list(_COMPUTE)
-    )
+    storage_dtype: str = option("float32", "Storage dtype of the cache (reading always gives float32). Old name: --dtype.",
+                                choices=list(_STORAGE), aliases=["--dtype"])
+    base_model_dtype: str | None = base_model_dtype_option()
     device: str | None = option(None, "Device of the forward pass (default: cuda if available, else cpu).")
     exclude_special_tokens: bool = option(True, "Leave out BOS/EOS/pad and other special tokens (--no_exclude_special_tokens keeps them).")
     outlier_factor: float | None = option(None, "Leave out tokens whose activation norm exceeds this many times the batch median.")
@@ -80,7 +78,7 @@ def _harvest(args: HarvestArguments) -> int:
             site=args.sites[0] if args.sites else None,
             model_name=args.model_name,
             shard_tokens=args.shard_tokens,
-            dtype=args.dtype,
+            dtype=args.storage_dtype,
             overwrite=args.overwrite,
         )
     else:
@@ -92,7 +90,8 @@ def _harvest(args: HarvestArguments) -> int:
         from ..activations.texts import load_texts
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, tokenizer = load_language_model(args.model, revision=args.revision, dtype=args.model_dtype, device=device)
+        model, tokenizer = load_language_model(args.base_model, revision=args.base_model_revision, dtype=args.base_model_dtype,
+                                               device=device)
         texts = load_texts(
             args.dataset, args.split, args.text_column, config_name=args.dataset_config, max_texts=args.max_texts
         )
@@ -106,9 +105,9 @@ def _harvest(args: HarvestArguments) -> int:
             shard_tokens=args.shard_tokens,
             context_length=args.context_length,
             batch_size=args.batch_size,
-            dtype=args.dtype,
-            model_name=args.model,
-            revision=args.revision,
+            dtype=args.storage_dtype,
+            model_name=args.base_model,
+            revision=args.base_model_revision,
             resume=args.resume,
             overwrite=args.overwrite,
             exclude_special_tokens=args.exclude_special_tokens,

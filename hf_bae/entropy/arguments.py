@@ -1,6 +1,6 @@
 """The options of the entropy studies (the flags of `hf-bae entropy`, one dataclass per group) and what
 the data options load: the texts (`study_texts`) and the language model a study reads
-(`study_language_model`, the LM the BAEs record unless `--model` names another)."""
+(`study_language_model`, the LM the BAEs record unless `--base_model` names another)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..arguments import base_model_dtype_option, base_model_option, base_model_revision_option
 from ..configuration import option
 
 
@@ -16,9 +17,9 @@ from ..configuration import option
 class SourceArguments:
     """Where the hidden states come from."""
 
-    model: str = option("embedded", "Causal LM: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a local folder. "
-                        "Default with --bae/--bae_dir: the base model recorded in the BAE's config.")
-    revision: str | None = option(None, "Hub revision of the model.")
+    base_model: str = base_model_option("embedded", "With --bae/--bae_dir: the base model recorded in the BAE's config "
+                                        "unless one is named here.")
+    base_model_revision: str | None = base_model_revision_option()
     dataset: str = option("embedded", "Text: 'embedded' (State of the Union paragraphs, offline), a Hub dataset id, or a "
                           "local .txt/.jsonl/.csv/.parquet file or folder.")
     dataset_config: str | None = option(None, "Configuration name of a Hub dataset.")
@@ -27,7 +28,7 @@ class SourceArguments:
     context_length: int = option(128, "Tokens per packed row.")
     lm_batch_size: int = option(8, "Rows (or prompts) per forward pass.")
     num_tokens: int = option(20_000, "Tokens evaluated (estimate, layers).")
-    model_dtype: str | None = option(None, "dtype of the LM: float32 (CPU default), bfloat16, float16, auto.")
+    base_model_dtype: str | None = base_model_dtype_option()
     device: str | None = option(None, "Device (default: cuda if available, else cpu).")
 
 
@@ -109,14 +110,14 @@ def study_texts(source: SourceArguments, skip: int = 0, limit: int | None = None
 
 
 def study_language_model(source: SourceArguments, dictionaries: Iterable[Any] = ()) -> tuple[Any, Any]:
-    """(model, tokenizer) of the LM to read: `--model` if given, else the base model (and revision) the
+    """(model, tokenizer) of the LM to read: `--base_model` if given, else the base model (and revision) the
     dictionaries record (`hf_bae.loading.base_model_of`), else the embedded model."""
     import torch
 
     from ..activations import load_language_model
     from ..loading import base_model_of
 
-    explicit = None if source.model == "embedded" else source.model
-    name, revision = base_model_of(list(dictionaries), model=explicit, revision=source.revision)
+    explicit = None if source.base_model == "embedded" else source.base_model
+    name, revision = base_model_of(list(dictionaries), model=explicit, revision=source.base_model_revision)
     device = source.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_language_model(name, revision=revision, dtype=source.model_dtype, device=device)
+    return load_language_model(name, revision=revision, dtype=source.base_model_dtype, device=device)

@@ -62,7 +62,7 @@ def train_baes(output_dir: str | Path, language_model: Any, tokenizer: Any, sour
                           lm_batch_size=source.lm_batch_size, shuffle_rows=source.lm_batch_size * 4,
                           device=model_device(language_model), seed=est.seed)
         inputs = dict(sites)
-    recorded = {**activation_provenance(source.model, source.revision, dataset=source.dataset,
+    recorded = {**activation_provenance(source.base_model, source.base_model_revision, dataset=source.dataset,
                                         context_length=source.context_length), **(provenance or {})}
     dictionaries = {}
     for name, key in inputs.items():

@@ -33,7 +33,7 @@ def check_bae_fits(bae: Any, language_model: Any, site: str) -> None:
         raise ValueError(
             f"The BAE for {site} reads hidden states of width {bae.config.hidden_size} "
             f"({bae.config.describe_source()}), but this language model's are {width} wide: was it trained on "
-            "another model? Pass the model it was trained on (--model) or retrain it (--train).")
+            "another model? Pass the model it was trained on (--base_model) or retrain it (--train).")
 
 
 @torch.no_grad()

@@ -132,7 +132,7 @@ class OpenAIBackend(ChatBackend):
             ) from None
         if isinstance(error, openai.NotFoundError):
             raise LLMSetupError(
-                f"The endpoint {self.identity} answered 404 for model {self.model!r}: check --model and --base_url "
+                f"The endpoint {self.identity} answered 404 for model {self.model!r}: check --llm and --base_url "
                 "(it usually ends in /v1)."
             ) from None
         if isinstance(error, openai.RateLimitError):

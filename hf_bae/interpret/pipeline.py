@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..arguments import BASE_MODEL_DTYPE_ALIASES, base_model_dtype_option, base_model_option, base_model_revision_option
 from ..configuration import option
 from ..formats import (ATLAS_INFO_FILE, COMSEM_FILE, COMSEM_PLOT_FILE, INTERPRET_ARGS_FILE, INTERPRET_ATLAS_DIR,
                        INTERPRETED_ATLAS_DIR, LEDGER_FILE, RESULTS_JSON_FILE, RESULTS_TABLE_FILE, AtlasInfo, save_atlas_info)
@@ -47,11 +48,9 @@ class CorpusArguments:
 
     _argument_group_name = 'Corpus options (language model and texts)'  # its --help section
 
-    base_model: str | None = option(
-        None, "Language model: 'embedded' (SmolLM2-135M-Instruct, offline), a Hub id or a folder. Default: the "
-        "dictionary's recorded base_model, else 'embedded'.", aliases=["--LM_name"],
-    )
-    base_model_revision: str | None = option(None, "Revision of the language model.")
+    base_model: str | None = base_model_option(None, "Default: the dictionary's recorded base_model (and revision), "
+                                               "else 'embedded'.")
+    base_model_revision: str | None = base_model_revision_option()
     dataset: str = option(
         "embedded", "Corpus: 'embedded' (State of the Union paragraphs, offline), a Hub dataset or a loader such as 'text'.",
         aliases=["--dataset_name"],
@@ -67,7 +66,7 @@ class CorpusArguments:
         False, "Leave BOS/EOS and other special tokens out of the samples (the original kept them: BOS is scored too)."
     )
     device: str | None = option(None, "Device of the language model and dictionaries (default: cuda if available, else cpu).")
-    dtype: str | None = option(None, "dtype of the language model (default: float32 on CPU).")
+    base_model_dtype: str | None = base_model_dtype_option(aliases=["--dtype", *BASE_MODEL_DTYPE_ALIASES])
 
     def __post_init__(self) -> None:
         if self.num_texts < 1:
@@ -217,7 +216,7 @@ def build_or_reuse_atlases(
     if todo:
         from ..activations import load_language_model, load_texts
 
-        model, tokenizer = load_language_model(base_model, revision=base_model_revision, dtype=corpus.dtype,
+        model, tokenizer = load_language_model(base_model, revision=base_model_revision, dtype=corpus.base_model_dtype,
                                                device=corpus.device)
         settle_random_width(entries, dict_args, atlas_config, model.config.hidden_size)
 
@@ -230,7 +229,7 @@ def build_or_reuse_atlases(
         built = build_atlases(
             [e.dictionary for e in todo], model, tokenizer, texts, atlas_config,
             context_length=corpus.context_length, batch_size=corpus.batch_size,
-            exclude_special_tokens=corpus.exclude_special_tokens, device=corpus.device, dtype=corpus.dtype,
+            exclude_special_tokens=corpus.exclude_special_tokens, device=corpus.device, dtype=corpus.base_model_dtype,
             progress=progress, source=source, dictionary_paths=[e.source for e in todo],
         )
         for e, (dataset, info) in zip(todo, built):

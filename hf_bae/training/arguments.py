@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arguments import config_arguments
+from ..arguments import base_model_dtype_option, base_model_option, base_model_revision_option, config_arguments
 from ..configuration import SITES, BAEConfig, DictionaryConfig, SAEConfig, option, own_fields
 from ..formats import DEFAULT_DENSE_THRESHOLD
 from .factory import DICTIONARY_KINDS
@@ -24,12 +24,9 @@ class TrainingArguments:
     """Options of a training run that are not properties of a dictionary (those live in the configs)."""
 
     # -- where the activations come from --------------------------------------------------------
-    model_name_or_path: str = option(
-        "embedded", "Language model whose hidden states are encoded: a Hub id, a local folder, or 'embedded' "
-        "(SmolLM2-135M-Instruct, offline).", aliases=["--model"])
-    model_revision: str | None = option(None, "Revision (branch, tag or commit) of the language model.")
-    lm_dtype: str | None = option(None, "dtype of the language model (float32, bfloat16, float16); default: float32 "
-                                  "on CPU, bfloat16 on GPU.")
+    base_model: str = base_model_option("embedded")
+    base_model_revision: str | None = base_model_revision_option()
+    base_model_dtype: str | None = base_model_dtype_option()
     dataset: str = option("embedded", "Text dataset (Hub id, local folder, or 'embedded': State of the Union "
                           "addresses, offline), streamed with datasets.")
     dataset_config: str | None = option(None, "Configuration name of the dataset.")

@@ -70,12 +70,22 @@ def check_output_dir(args: TrainingArguments) -> Path | None:
     return None
 
 
+# Options renamed since a run may have been written (old name -> new): a run from before resumes.
+RENAMED_OPTIONS = {"model_name_or_path": "base_model", "model_revision": "base_model_revision",
+                   "lm_dtype": "base_model_dtype"}
+
+
+def read_run_options(path: Path) -> dict[str, Any]:
+    """The options a run recorded in its training_args.json, under today's names."""
+    return {RENAMED_OPTIONS.get(k, k): v for k, v in json.loads(path.read_text()).items()}
+
+
 def check_resumed_options(output_dir: Path, options: dict[str, Any]) -> None:
     """Refuse to resume with options that would not continue the same run (see `RESUMABLE_CHANGES`)."""
     path = output_dir / TRAINING_ARGS_FILE
     if not path.exists():
         return
-    old = json.loads(path.read_text())
+    old = read_run_options(path)
     options = json.loads(json.dumps(options, default=json_default))
     changed = sorted(k for k in set(old) | set(options)
                      if old.get(k) != options.get(k) and k not in RESUMABLE_CHANGES | {"hf_bae_version"})

@@ -105,7 +105,7 @@ def _cache_inputs(args: TrainingArguments, accelerator: Any) -> RunInputs:
     layer = args.layer if args.layer is not None else layers[0]
     sites = dictionary_sites(args, layer)
     keys = _keys(sites)
-    explicit_model = args.model_name_or_path if args.model_name_or_path != "embedded" else None
+    explicit_model = args.base_model if args.base_model != "embedded" else None
     source = CacheSource(cache, keys, train_fraction=args.train_fraction, seed=args.seed,
                          rank=accelerator.process_index, world_size=accelerator.num_processes, model_name=explicit_model)
     inputs = RunInputs(source, {"layer": layer, **source.provenance()}, layer, sites)
@@ -114,7 +114,7 @@ def _cache_inputs(args: TrainingArguments, accelerator: Any) -> RunInputs:
         # The splice metrics need the LM the cache was harvested from.
         try:
             inputs.language_model, inputs.tokenizer = load_language_model(
-                lm_name, revision=args.model_revision or cache.manifest.revision, dtype=args.lm_dtype,
+                lm_name, revision=args.base_model_revision or cache.manifest.revision, dtype=args.base_model_dtype,
                 device=accelerator.device)
         except (OSError, ValueError) as exc:
             warnings.warn(f"Splice metrics skipped: could not load {lm_name} ({exc}). Pass --splice_rows 0 to "
@@ -126,12 +126,12 @@ def _live_inputs(args: TrainingArguments, accelerator: Any) -> RunInputs:
     from ..activations import load_language_model, load_texts
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    language_model, tokenizer = load_language_model(args.model_name_or_path, revision=args.model_revision,
-                                                    dtype=args.lm_dtype, device=accelerator.device)
+    language_model, tokenizer = load_language_model(args.base_model, revision=args.base_model_revision,
+                                                    dtype=args.base_model_dtype, device=accelerator.device)
     num_layers = language_model.config.num_hidden_layers
     layer = args.layer if args.layer is not None else num_layers // 2
     if not 0 <= layer < num_layers:
-        raise ValueError(f"--layer {layer} is out of range: {args.model_name_or_path} has layers 0..{num_layers - 1}.")
+        raise ValueError(f"--layer {layer} is out of range: {args.base_model} has layers 0..{num_layers - 1}.")
     sites = dictionary_sites(args, layer)
 
     def load(split: str, max_texts: int | None = None):
@@ -146,7 +146,7 @@ def _live_inputs(args: TrainingArguments, accelerator: Any) -> RunInputs:
     else:
         validation_texts = (lambda: itertools.islice(load(args.split), held_out)) if held_out else None  # noqa: E731
     provenance = {"layer": layer, **activation_provenance(
-        args.model_name_or_path, args.model_revision, dataset=args.dataset, context_length=args.context_length,
+        args.base_model, args.base_model_revision, dataset=args.dataset, context_length=args.context_length,
         exclude_special_tokens=args.exclude_special_tokens, outlier_factor=args.outlier_factor)}
     keys = _keys(sites)
     source = LiveSource(language_model, tokenizer, texts, keys, validation_texts=validation_texts,

@@ -263,8 +263,10 @@ def test_saelens_loads_the_pushed_copies_and_local_exports_with_equal_encodings(
 
 def test_failed_uploads_are_reported_and_leave_nothing_half_written(pushed):
     hub, codes, err = pushed["hub"], pushed["result"]["codes"], pushed["stderr"]
-    assert {k: codes[k] for k in ("commit_always_fails", "lfs_refused", "file_lost", "exists", "no_token")} == dict.fromkeys(
-        ("commit_always_fails", "lfs_refused", "file_lost", "exists", "no_token"), 1)
+    # The exit-code policy of hf_bae.cli: a failed upload is a failure at run time (1); a dictionary
+    # already there without --overwrite, or no token, is the user's input to fix (2).
+    assert {k: codes[k] for k in ("commit_always_fails", "lfs_refused", "file_lost", "exists", "no_token")} == {
+        "commit_always_fails": 1, "lfs_refused": 1, "file_lost": 1, "exists": 2, "no_token": 2}
     assert "tester/flaky failed 2 times with transient errors" in err and "Nothing was committed" in err
     assert "lfs-refused failed" in err and "413" in err  # the LFS store refused the object
     assert "are not in it" in err and "layers.0.mlp_out/eval_results.json" in err

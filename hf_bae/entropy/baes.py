@@ -1,5 +1,6 @@
 """The BAEs an entropy study reads: found in a folder (`find_baes`), or trained now (`train_baes`, with
-`hf_bae.training`'s `Trainer`) on the study's language model or on activations already read."""
+`hf_bae.training.train_dictionaries`, the brief run every caller shares) on the study's language model or on
+activations already read."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration import BAEConfig
-from ..formats import CONFIG_FILE, parse_hookpoint
+from ..formats import CONFIG_FILE
 from ..loading import load_dictionary
 from .arguments import EstimatorArguments, SourceArguments, TrainOptions, study_texts
 
@@ -47,34 +48,27 @@ def train_baes(output_dir: str | Path, language_model: Any, tokenizer: Any, sour
         dictionary, bae: the `DictionaryArguments` / `BAEArguments` of `hf_bae.training`.
     """
     from ..activations import model_device
-    from ..modeling_bae import BinaryAutoencoder
     from ..sources import LiveSource, TensorSource, activation_provenance
-    from ..training import Trainer, TrainingArguments
+    from ..training import dictionaries_for_keys, train_dictionaries
 
     if (sites is None) == (tensors is None):
         raise ValueError("train_baes needs either sites= (live activations) or tensors=, not both.")
     if tensors is not None:
         data = TensorSource(dict(tensors))
-        inputs = {name: name for name in tensors}
+        keys = {name: name for name in tensors}
     else:
         data = LiveSource(language_model, tokenizer, lambda: study_texts(source, skip=train.eval_texts),
                           sorted(set(sites.values())), context_length=source.context_length,
                           lm_batch_size=source.lm_batch_size, shuffle_rows=source.lm_batch_size * 4,
                           device=model_device(language_model), seed=est.seed)
-        inputs = dict(sites)
+        keys = dict(sites)
     recorded = {**activation_provenance(source.base_model, source.base_model_revision, dataset=source.dataset,
                                         context_length=source.context_length), **(provenance or {})}
-    dictionaries = {}
-    for name, key in inputs.items():
-        config = {**dataclasses.asdict(dictionary), **dataclasses.asdict(bae), **recorded,
-                  "hidden_size": data.hidden_size(key)}
-        if sites is not None:
-            config["layer"], config["site"] = parse_hookpoint(key)
-        dictionaries[name] = BinaryAutoencoder(BAEConfig(**config))
-    run = TrainingArguments(output_dir=str(output_dir), overwrite=True, max_steps=train.train_steps,
-                            batch_size=train.train_batch_size, learning_rate=train.train_learning_rate, seed=est.seed,
-                            validate_every=0, validation_tokens=0, splice_rows=0, checkpoint_every=0,
-                            save_total_limit=1, plots=False, progress=est.progress,
-                            log_every=max(1, train.train_steps // 10), cpu=(source.device == "cpu"))
-    Trainer(run, dictionaries, data, inputs={name: (key, None) for name, key in inputs.items()}).train()
-    return {name: load_dictionary(Path(output_dir) / name, kind="BAE") for name in inputs}
+    dictionaries, inputs = dictionaries_for_keys(keys, {k: data.hidden_size(k) for k in keys.values()}, kind="bae",
+                                                 dictionary=dataclasses.asdict(dictionary), bae=dataclasses.asdict(bae),
+                                                 provenance=recorded)
+    train_dictionaries(dictionaries, data, output_dir, inputs=inputs, max_steps=train.train_steps,
+                       batch_size=train.train_batch_size, learning_rate=train.train_learning_rate, seed=est.seed,
+                       validation_tokens=0, progress=est.progress, log_every=max(1, train.train_steps // 10),
+                       cpu=(source.device == "cpu"))
+    return {name: load_dictionary(Path(output_dir) / name, kind="BAE") for name in keys}

@@ -72,6 +72,10 @@ ENTROPY_STEER_FILE = "steer_{task}.json"
 ENTROPY_BAES_DIR = "baes"  # where --train saves its BAEs, one sub-folder each:
 ENTROPY_LAYER_BAE, ENTROPY_POSITION_BAE = "layer_{layer}", "position_{position}"
 
+# -- caches outside a run folder -------------------------------------------------------------------
+RESPONSE_CACHE_FILE = "llm_responses.sqlite"  # the judge's response cache
+DEFAULT_BUILD_MARKER_FILE = "complete.json"  # written last by the Space's default build: the build is whole
+
 # Firing frequency above which a feature counts as dense (the atlas default and the metrics').
 DEFAULT_DENSE_THRESHOLD = 0.1
 

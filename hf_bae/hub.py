@@ -44,7 +44,7 @@ from .configuration import SITES, option
 from .formats import (ATLAS_INFO_FILE, COMSEM_FILE, CONFIG_FILE, DICTIONARY_RUN_FILES, EVAL_RESULTS_FILE, MODEL_CARD_FILE,
                       PLOTS_DIR, SAELENS_CONFIG_FILE, SAELENS_DIR, TRAINING_ARGS_FILE, config_hookpoint)
 from .loading import (PLOT_SUFFIXES, LocalDictionary, assign_names, comsem_metrics, dictionary_folders, find_dictionaries,
-                      read_json, safe_name, validate_repo_id)
+                      load_dictionary, read_json, safe_name, validate_repo_id)
 from .model_card import CardEntry, render_card
 from .version import __version__
 
@@ -285,14 +285,12 @@ def _stage(targets: dict[str, LocalDictionary], stage: Path, saelens: bool) -> l
     Each is loaded and re-saved with save_pretrained, so that a folder that cannot be loaded fails
     here, before any upload, and the modeling code and auto_map are those of the installed hf_bae.
     """
-    from transformers import AutoModel
-
     from .saelens import export_saelens, saelens_architecture
 
     entries = []
     for folder, d in targets.items():
         dest = stage / folder if folder else stage
-        model = AutoModel.from_pretrained(d.path)
+        model = load_dictionary(d.path)
         model.save_pretrained(dest)
         for name in DICTIONARY_RUN_FILES:
             if (d.path / name).is_file():

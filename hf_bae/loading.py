@@ -309,14 +309,12 @@ def load_all(repo_or_path: str | Path, *, revision: str | None = None, token: st
 
     Names are those of `list_dictionaries`. Keyword arguments go to `from_pretrained` (`dtype`, ...).
     """
-    from transformers import AutoModel  # hf_bae/__init__ has registered our classes with it
-
     path = Path(repo_or_path)
     models = {}
     for name, folder in list_dictionaries(repo_or_path, revision=revision, token=token).items():
         if path.is_dir():
-            models[name] = AutoModel.from_pretrained(path / folder, **kwargs)
+            models[name] = load_dictionary(path / folder, **kwargs)
         else:
-            where = {"subfolder": folder} if folder else {}
-            models[name] = AutoModel.from_pretrained(str(repo_or_path), revision=revision, token=token, **where, **kwargs)
+            source = f"{str(repo_or_path).strip('/')}/{folder}" if folder else str(repo_or_path)
+            models[name] = load_dictionary(source, revision=revision, token=token, **kwargs)
     return models

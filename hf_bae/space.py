@@ -24,6 +24,7 @@ from typing import Any
 
 from .browser import DEFAULT_MAX_TOKENS, TABLE_COLUMNS, TABLE_SORT_KEYS, FeatureBrowser
 from .configuration import option
+from .formats import DEFAULT_BUILD_MARKER_FILE
 
 ENV_PREFIX = "HF_BAE_"
 
@@ -154,14 +155,13 @@ def default_inputs(cache_dir: str | os.PathLike | None = None, *, train_tokens: 
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     dictionary, atlas = root / "run" / "bae", root / "atlas"
-    if (root / "complete.json").is_file():
+    if (root / DEFAULT_BUILD_MARKER_FILE).is_file():
         return str(dictionary), str(atlas)
-    from transformers import AutoModel
-
     from .activations import load_language_model, load_texts
     from .formats import CHECKPOINTS_DIR
     from .interpret.atlas import AtlasConfig, build_atlas
     from .interpret.atlas_format import save_atlas
+    from .loading import load_dictionary
     from .training import BAEArguments, DictionaryArguments, brief_arguments, train
 
     print(f"hf_bae space: building the default atlas in {root} (once; a few minutes on a CPU)...", flush=True)
@@ -172,22 +172,23 @@ def default_inputs(cache_dir: str | os.PathLike | None = None, *, train_tokens: 
         max_tokens=train_tokens, validation_tokens=2048, validation_texts=16, progress=progress,
     )
     train(args, DictionaryArguments(expansion_factor=4), BAEArguments(entropy_weight=1e-4, covariance_weight=1e-7))
-    bae = AutoModel.from_pretrained(work / "run" / "bae")
+    bae = load_dictionary(work / "run" / "bae", kind="BAE")
     model, tokenizer = load_language_model("embedded")
     dataset, info = build_atlas(
         bae, model, tokenizer, lambda: load_texts("embedded", max_texts=atlas_texts), AtlasConfig(samples_per_feature=20),
-        source={"base_model": bae.config.base_model, "dataset": "embedded", "num_texts": atlas_texts},
+        source={"base_model": bae.config.base_model, "base_model_revision": bae.config.base_model_revision,
+                "dataset": "embedded", "num_texts": atlas_texts},
         dictionary_paths=[str(dictionary)], progress=progress,
     )
     save_atlas(dataset, info, work / "atlas")
     shutil.rmtree(work / "run" / CHECKPOINTS_DIR, ignore_errors=True)
-    (work / "complete.json").write_text(json.dumps({"train_tokens": train_tokens, "atlas_texts": atlas_texts, "layer": DEFAULT_LAYER}))
+    (work / DEFAULT_BUILD_MARKER_FILE).write_text(json.dumps({"train_tokens": train_tokens, "atlas_texts": atlas_texts, "layer": DEFAULT_LAYER}))
     root.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(work, root)
     except OSError:  # another process finished first: keep its build
         shutil.rmtree(work, ignore_errors=True)
-        if not (root / "complete.json").is_file():
+        if not (root / DEFAULT_BUILD_MARKER_FILE).is_file():
             raise
     return str(dictionary), str(atlas)
 

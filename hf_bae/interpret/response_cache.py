@@ -16,6 +16,8 @@ from typing import Any
 
 from .chat import ChatRequest, ChatResult
 
+from ..formats import RESPONSE_CACHE_FILE
+
 
 def request_key(backend_identity: str, model: str, request: ChatRequest) -> str:
     """The cache key: a SHA-256 of the backend, the model, the messages and the sampling parameters."""
@@ -26,7 +28,7 @@ def request_key(backend_identity: str, model: str, request: ChatRequest) -> str:
 def default_cache_path() -> Path:
     """`$HF_BAE_CACHE/llm_responses.sqlite`, else `~/.cache/hf_bae/llm_responses.sqlite`."""
     root = os.environ.get("HF_BAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_bae")
-    return Path(root) / "llm_responses.sqlite"
+    return Path(root) / RESPONSE_CACHE_FILE
 
 
 class ResponseCache:

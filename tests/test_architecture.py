@@ -134,3 +134,18 @@ def test_the_on_disk_format_module_needs_only_the_standard_library(module):
     outside = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     outside |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level and n.module}
     assert outside <= stdlib, outside - stdlib
+
+
+def test_the_research_entry_points_are_lazy_top_level_exports():
+    script = (
+        "import sys, hf_bae\n"
+        "heavy = [m for m in ('hf_bae.training', 'hf_bae.interpret', 'hf_bae.browser', 'hf_bae.entropy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "for name in hf_bae._LAZY:\n"
+        "    value = getattr(hf_bae, name)\n"
+        "    assert value.__module__.startswith('hf_bae.' + hf_bae._LAZY[name]), (name, value.__module__)\n"
+        "assert set(hf_bae._LAZY) <= set(dir(hf_bae)) and set(hf_bae._LAZY) <= set(hf_bae.__all__)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

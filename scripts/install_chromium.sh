@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium for the real-browser test of the Space (tests/test_space_browser.py), which
+# Debian's Chromium for the real-browser test of the Space (tests/browser/test_space_browser.py), which
 # drives it with Playwright at /usr/bin/chromium. Never `playwright install`: it downloads its own
 # browser build, which an offline machine cannot. Idempotent: returns at once when it is there.
 set -euo pipefail

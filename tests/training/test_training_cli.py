@@ -18,7 +18,7 @@ from hf_bae.metrics import (
 )
 from hf_bae.training import BAEArguments, SAEArguments, TrainingArguments, build_dictionary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_original_flags_are_accepted():

@@ -259,7 +259,7 @@ def test_peak_memory_of_harvest_and_streaming_read_of_a_4gb_cache():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "harvest_memory.py"), "--json"],

@@ -18,7 +18,7 @@ import torch
 from hf_bae.browser import Atlas, Dictionary, FeatureBrowser, check_compatible, highlight_context
 from space_fixtures import build_atlas, serve, synthetic_atlas, tiny_dictionary, tiny_language_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EVIL = '<img src=x onerror="window.__pwned=1"><b id="injected">bold</b>'
 
 

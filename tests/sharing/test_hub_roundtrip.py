@@ -14,7 +14,7 @@ from fake_hub import FakeHub
 from huggingface_hub import ModelCard
 from trained_runs import D, activations, make_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MULTI, SINGLE, PUSHED = "tester/smollm2-dictionaries", "tester/smollm2-bae-l1", "tester/pushed-from-python"
 NAMES = {"bae": "layers.1.resid_post.bae", "topk": "layers.1.resid_post.topk", "relu": "layers.0.mlp_out"}
 

@@ -1,6 +1,6 @@
 """Training in separate processes: SIGKILL then --resume, and two ranks under `accelerate launch`.
 
-Both start `tests/train_worker.py`, which logs the row indices of every batch it hands to the trainer.
+Both start `tests/training/train_worker.py`, which logs the row indices of every batch it hands to the trainer.
 """
 
 import json
@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("train_worker.py")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def env():

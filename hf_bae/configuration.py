@@ -25,7 +25,7 @@ OUTPUT_ACTIVATIONS = ("none", "relu", "sigmoid", "tanh")
 ESTIMATORS = ("legacy_sign_s", "identity", "sigmoid", "squarewave")
 COVARIANCE_IMPLEMENTATIONS = ("auto", "dense", "sparse")  # as hf_bae.losses (the config does not import torch code)
 # The original code's `--binarization_type` values, mapped onto our estimator names.
-LEGACY_BINARIZATION_NAMES = {"sign": "identity", "sign_s": "legacy_sign_s", "squarewave": "squarewave"}
+ORIGINAL_BINARIZATION_NAMES = {"sign": "identity", "sign_s": "legacy_sign_s", "squarewave": "squarewave"}
 BITS = (1, 2, 4, 8)
 SAE_ACTIVATIONS = ("relu", "topk", "jumprelu", "legacy_topk", "none", "sigmoid", "tanh")
 L1_REDUCTIONS = ("sum", "mean")
@@ -281,7 +281,7 @@ class BAEConfig(DictionaryConfig):
     )
 
     def __post_init__(self, **kwargs: Any) -> None:
-        self.estimator = LEGACY_BINARIZATION_NAMES.get(self.estimator, self.estimator)
+        self.estimator = ORIGINAL_BINARIZATION_NAMES.get(self.estimator, self.estimator)
         super().__post_init__(**kwargs)
 
     @property

@@ -25,14 +25,17 @@ skipped part.
 The package's `__init__` is its public boundary; one module per concept, in the order they build on
 each other: `manifest` (`CacheManifest`, `ShardInfo`, the format's name, version and dtypes),
 `shards` (the safetensors shard files), `writer` (`harvest`), `reader` (`ActivationCache`) and
-`legacy_pickle` (`import_legacy_pickle`, only with an explicit `allow_pickle=True`). The cache builds
+`original_pickle` (`import_original_pickle`, only with an explicit `allow_pickle=True`). The cache builds
 on `hf_bae.activations`, never the other way round.
 """
 
-from .legacy_pickle import import_legacy_pickle
+from .original_pickle import import_original_pickle
 from .manifest import FORMAT, FORMAT_VERSION, STORAGE_DTYPES, CacheManifest, ShardInfo
 from .reader import ActivationCache
 from .writer import harvest
+
+# Its name before the original code's things were all called "original" (scripts that use it keep working).
+import_legacy_pickle = import_original_pickle
 
 __all__ = [
     "FORMAT",
@@ -42,5 +45,6 @@ __all__ = [
     "CacheManifest",
     "ShardInfo",
     "harvest",
+    "import_original_pickle",
     "import_legacy_pickle",
 ]

@@ -22,7 +22,7 @@ DEFAULT_BUFFER_BYTES = 512 * 2**20
 
 
 class ActivationCache:
-    """Read a shard cache written by `harvest` or `import_legacy_pickle`.
+    """Read a shard cache written by `harvest` or `import_original_pickle`.
 
     ```python
     >>> cache = ActivationCache("runs/cache")

@@ -6,7 +6,7 @@ Examples:
     hf-bae harvest --output_dir runs/cache --sites layers.14.resid_post --num_tokens 2000000
     hf-bae harvest --output_dir runs/cache --base_model meta-llama/Llama-3.2-1B --dataset HuggingFaceFW/fineweb \\
         --sites layers.10.resid_post layers.10.mlp_in --num_tokens 100000000 --base_model_dtype bfloat16 --storage_dtype bfloat16
-    hf-bae harvest --output_dir runs/legacy --from_pickle feature.pkl --allow_pickle --layer 6
+    hf-bae harvest --output_dir runs/original --from_pickle feature.pkl --allow_pickle --layer 6
 
 Run the same command again after an interruption: it resumes after the last complete shard.
 """
@@ -66,11 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _harvest(args: HarvestArguments) -> int:
     if not args.output_dir:
         raise ValueError("--output_dir is required.")
-    from ..cache import ActivationCache, harvest, import_legacy_pickle
+    from ..cache import ActivationCache, harvest, import_original_pickle
 
     start = time.perf_counter()
     if args.from_pickle:
-        manifest = import_legacy_pickle(
+        manifest = import_original_pickle(
             args.from_pickle,
             args.output_dir,
             allow_pickle=args.allow_pickle,

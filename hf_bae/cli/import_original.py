@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
 
 
 def _import(args: ImportOriginalArguments, positional: argparse.Namespace) -> int:
-    from ..legacy import convert_original_checkpoint
+    from ..original import convert_original_checkpoint
 
     model = convert_original_checkpoint(
         positional.model_pt, positional.params, allow_pickle=args.allow_pickle, kind=args.kind,

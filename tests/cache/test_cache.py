@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_bae.activations import stream_activations
-from hf_bae.cache import ActivationCache, CacheManifest, harvest, import_legacy_pickle
+from hf_bae.cache import ActivationCache, CacheManifest, harvest, import_original_pickle
 from hf_bae.cli import main as cli_main
 from hf_bae.formats import CACHE_MANIFEST_FILE
 from hf_bae.testing import small_corpus
@@ -194,31 +194,31 @@ def test_missing_and_damaged_manifest(tmp_path, cache):
         ActivationCache(tmp_path)
 
 
-def test_legacy_pickle_import(tmp_path):
+def test_original_pickle_import(tmp_path):
     flat = [torch.randn(8) for _ in range(50)]
     layered = [[torch.randn(8) for _ in range(30)] for _ in range(4)]
     (tmp_path / "flat.pkl").write_bytes(pickle.dumps(flat))
     (tmp_path / "layered.pkl").write_bytes(pickle.dumps(layered))
     with pytest.raises(ValueError, match="Refusing to unpickle .*runs arbitrary code.*allow_pickle=True"):
-        import_legacy_pickle(tmp_path / "flat.pkl", tmp_path / "a", site="layers.3.resid_post")
+        import_original_pickle(tmp_path / "flat.pkl", tmp_path / "a", site="layers.3.resid_post")
     assert not (tmp_path / "a").exists()
-    m = import_legacy_pickle(tmp_path / "flat.pkl", tmp_path / "a", allow_pickle=True, site="layers.3.resid_post", shard_tokens=20)
+    m = import_original_pickle(tmp_path / "flat.pkl", tmp_path / "a", allow_pickle=True, site="layers.3.resid_post", shard_tokens=20)
     assert m.num_tokens == 50 and [s.num_tokens for s in m.shards] == [20, 20, 10] and not m.has_tokens
     cache = ActivationCache(tmp_path / "a")
     assert torch.equal(cache.read()["layers.3.resid_post"], torch.stack(flat))
     with pytest.raises(ValueError, match="no token ids"):
         cache.read(with_tokens=True)
-    m = import_legacy_pickle(tmp_path / "layered.pkl", tmp_path / "b", allow_pickle=True, layer=-1, model_name="meta-llama/Llama-3.2-1B")
+    m = import_original_pickle(tmp_path / "layered.pkl", tmp_path / "b", allow_pickle=True, layer=-1, model_name="meta-llama/Llama-3.2-1B")
     assert m.sites == ["layers.2.resid_post"] and m.model == "meta-llama/Llama-3.2-1B"  # hidden_states[3] = output of layer 2
     assert torch.equal(ActivationCache(tmp_path / "b").read()["layers.2.resid_post"], torch.stack(layered[3]))
     with pytest.raises(ValueError, match="is layered .*layer="):
-        import_legacy_pickle(tmp_path / "layered.pkl", tmp_path / "c", allow_pickle=True, site="layers.0.resid_post")
+        import_original_pickle(tmp_path / "layered.pkl", tmp_path / "c", allow_pickle=True, site="layers.0.resid_post")
     with pytest.raises(ValueError, match="not layered"):
-        import_legacy_pickle(tmp_path / "flat.pkl", tmp_path / "c", allow_pickle=True, layer=2)
+        import_original_pickle(tmp_path / "flat.pkl", tmp_path / "c", allow_pickle=True, layer=2)
     with pytest.raises(ValueError, match="Say which site"):
-        import_legacy_pickle(tmp_path / "flat.pkl", tmp_path / "c", allow_pickle=True)
+        import_original_pickle(tmp_path / "flat.pkl", tmp_path / "c", allow_pickle=True)
     with pytest.raises(ValueError, match="embeddings"):
-        import_legacy_pickle(tmp_path / "layered.pkl", tmp_path / "c", allow_pickle=True, layer=0)
+        import_original_pickle(tmp_path / "layered.pkl", tmp_path / "c", allow_pickle=True, layer=0)
 
 
 def test_cli_harvest_and_pickle_import(tmp_path, tiny_lm, capsys):

@@ -1,5 +1,5 @@
 """Importing the original code's pickled feature sets (`.pkl`) into an activation cache. Unpickling runs
-arbitrary code, so `import_legacy_pickle` refuses unless the caller passes `allow_pickle=True`."""
+arbitrary code, so `import_original_pickle` refuses unless the caller passes `allow_pickle=True`."""
 
 import os
 import pickle
@@ -14,10 +14,10 @@ from ..sites import Site
 from .manifest import STORAGE_DTYPES, CacheManifest
 from .writer import ShardWriter, default_shard_tokens, open_for_writing
 
-__all__ = ["import_legacy_pickle"]
+__all__ = ["import_original_pickle"]
 
 
-def import_legacy_pickle(
+def import_original_pickle(
     pkl_path: "str | os.PathLike",
     cache_dir: "str | os.PathLike",
     *,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .configuration import LEGACY_BINARIZATION_NAMES, BAEConfig, SAEConfig
+from .configuration import ORIGINAL_BINARIZATION_NAMES, BAEConfig, SAEConfig
 from .modeling_bae import BinaryAutoencoder
 from .modeling_sae import SparseAutoencoder
 
@@ -133,12 +133,12 @@ def config_from_original_params(
         common.update(layer=layer - 1, site="resid_post")
     if kind == "bae":
         estimator = str(params.get("binarization_type", "sign_s"))
-        if estimator not in LEGACY_BINARIZATION_NAMES:
-            raise ValueError(f"binarization_type={estimator!r} is not one of the original's {sorted(LEGACY_BINARIZATION_NAMES)}.")
+        if estimator not in ORIGINAL_BINARIZATION_NAMES:
+            raise ValueError(f"binarization_type={estimator!r} is not one of the original's {sorted(ORIGINAL_BINARIZATION_NAMES)}.")
         cycle = params.get("cycle_for_squarewave")
         return BAEConfig(
             **common,
-            estimator=LEGACY_BINARIZATION_NAMES[estimator],
+            estimator=ORIGINAL_BINARIZATION_NAMES[estimator],
             squarewave_cycle=float(cycle) if cycle is not None else 2.0,
             bits=int(params.get("bits", 1)),
             entropy_weight=float(params.get("entropy_weight", 1e-7)),
@@ -182,7 +182,7 @@ def convert_original_checkpoint(
 
     Example:
     ```python
-    >>> from hf_bae.legacy import convert_original_checkpoint
+    >>> from hf_bae.original import convert_original_checkpoint
     >>> bae = convert_original_checkpoint("logs/report_x/model_x.pt", "logs/report_x/experiment_params.txt",
     ...                                   base_model="meta-llama/Llama-3.2-1B", layer=6)
     >>> bae.save_pretrained("runs/bae-l6")

@@ -1,4 +1,4 @@
-"""Importing models trained by the original research code (hf_bae.legacy, `hf-bae import-original`)."""
+"""Importing models trained by the original research code (hf_bae.original, `hf-bae import-original`)."""
 
 import pickle
 
@@ -8,7 +8,7 @@ from transformers import AutoModel
 
 from hf_bae import BinaryAutoencoder, SparseAutoencoder
 from hf_bae.cli import main as cli
-from hf_bae.legacy import convert_original_checkpoint, read_original_params
+from hf_bae.original import convert_original_checkpoint, read_original_params
 
 
 def _original_run(tmp_path, params, d=12, m=48, bias=True):

@@ -11,6 +11,9 @@ reads, which avoids the classic off-by-one-layer mistake.
 
 import dataclasses
 import math
+import numbers
+import os
+import types
 from dataclasses import field
 from typing import Any
 
@@ -48,6 +51,48 @@ def own_fields(config_class: type) -> list[dataclasses.Field]:
     """The fields hf_bae adds to `PretrainedConfig` (not transformers' generic ones), in declaration order."""
     base = {f.name for f in dataclasses.fields(PretrainedConfig)}
     return [f for f in dataclasses.fields(config_class) if f.name not in base]
+
+
+def type_problem(value: Any, annotation: Any) -> str | None:
+    """Why `value` does not fit the field's annotation (`int`, `float | None`, `bool`, `str`), or None
+    (also for annotations other than these, such as `list[str]`: not checked here).
+
+    Booleans are not numbers here (`hidden_size=True` is a mistake), numbers must be finite (NaN passes
+    every `x < 0` check), and a float field takes an int (JSON writes 1.0 as 1)."""
+    args = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        return None if type(None) in args else "must be set (got None)"
+    kinds = [a for a in args if a is not type(None)]
+    if not set(kinds) <= {bool, int, float, str}:
+        return None
+    if bool in kinds and isinstance(value, bool):
+        return None
+    if str in kinds and isinstance(value, (str, os.PathLike)):  # a folder may be given as a Path
+        return None
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if int in kinds and number and isinstance(value, numbers.Integral):
+        return None
+    if float in kinds and number:
+        return None if math.isfinite(value) else "must be a finite number"
+    wanted = " or ".join({bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}.get(k, k.__name__)
+                         for k in kinds)
+    return f"must be {wanted}{' or None' if type(None) in args else ''}"
+
+
+def _check_range(name: str, value: Any, low: float | None = None, high: float | None = None, *,
+                 open_low: bool = False, open_high: bool = False) -> None:
+    """Raise a ValueError naming `name` unless `value` (None passes: optional fields) lies in the range."""
+    if value is None:
+        return
+    inside = ((low is None or (value > low if open_low else value >= low))
+              and (high is None or (value < high if open_high else value <= high)))
+    if not inside:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if open_low else '>='} {low}")
+        if high is not None:
+            bounds.append(f"{'<' if open_high else '<='} {high}")
+        raise ValueError(f"{name} must be {' and '.join(bounds)}, got {value!r}.")
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -117,6 +162,17 @@ class DictionaryConfig(PretrainedConfig):
         self._validate()
 
     @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "DictionaryConfig":
+        """A config read back (`from_pretrained`, `AutoConfig`): unlike `BAEConfig()` in Python, whose
+        768 is a documented default, a saved config must say its width, or the dictionary would silently
+        be built at another size than its weights."""
+        if "hidden_size" not in config_dict and "hidden_size" not in kwargs:
+            where = config_dict.get("_name_or_path") or "this config.json"
+            raise ValueError(f"{where} has no hidden_size (the width d of the hidden states the dictionary reads): "
+                             "add it to the config.json (the language model's hidden size), or re-save the dictionary.")
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> "DictionaryConfig":
         """A config from preset `name` (`hf_bae.presets`: "default", "original"), with `kwargs` over it."""
         from .presets import preset_values
@@ -166,15 +222,16 @@ class DictionaryConfig(PretrainedConfig):
                 f"This config was written by hf_bae {self.hf_bae_version}, newer than the installed {__version__}. "
                 "Upgrade with `pip install -U hf_bae` to load it."
             )
-        for name in ("hidden_size", "expansion_factor"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        for name in ("latent_size", "output_size", "context_length"):
+        for f in own_fields(type(self)):  # every field, the subclasses' too: types before ranges
+            problem = type_problem(getattr(self, f.name), f.type)
+            if problem:
+                raise ValueError(f"{f.name} {problem}, got {getattr(self, f.name)!r} ({type(getattr(self, f.name)).__name__}).")
+        for name in ("hidden_size", "expansion_factor", "latent_size", "output_size", "context_length"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
-        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
-            raise ValueError(f"layer must be a non-negative integer or None, got {self.layer!r}.")
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer{'' if name in ('hidden_size', 'expansion_factor') else ' or None'}, "
+                                 f"got {value!r}.")
+        _check_range("layer", self.layer, 0)
         _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
         _check_choice("normalize_activations", self.normalize_activations, NORMALIZATIONS)
         if self.normalize_activations != "none" and self.output_activation != "none":
@@ -184,9 +241,7 @@ class DictionaryConfig(PretrainedConfig):
             raise ValueError("normalize_activations='center_scale' folds the mean into the encoder and decoder biases: "
                              "keep encoder_bias and decoder_bias on, or use normalize_activations='scale'.")
         for name in ("activation_scale", "target_scale"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}.")
+            _check_range(name, getattr(self, name), 0, open_low=True)
         _check_choice("site", self.site, SITES)
         if self.output_site is not None:
             _check_choice("output_site", self.output_site, SITES)
@@ -293,22 +348,15 @@ class BAEConfig(DictionaryConfig):
         super()._validate()
         _check_choice("estimator", self.estimator, ESTIMATORS)
         _check_choice("bits", self.bits, BITS)
-        if not (isinstance(self.encoder_bias_lr_scale, (int, float)) and math.isfinite(self.encoder_bias_lr_scale)
-                and self.encoder_bias_lr_scale > 0):
-            raise ValueError(f"encoder_bias_lr_scale must be a finite number > 0, got {self.encoder_bias_lr_scale!r}.")
-        if self.initial_firing_rate is not None and not 0 < self.initial_firing_rate < 1:
-            raise ValueError(f"initial_firing_rate must be in (0, 1) or None, got {self.initial_firing_rate}.")
-        if self.estimator_temperature <= 0:
-            raise ValueError(f"estimator_temperature must be > 0, got {self.estimator_temperature}.")
-        if self.squarewave_cycle <= 0:
-            raise ValueError(f"squarewave_cycle must be > 0, got {self.squarewave_cycle}.")
-        for name in ("entropy_weight", "covariance_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        # (finite and of the right type already: DictionaryConfig._validate)
+        for name in ("encoder_bias_lr_scale", "estimator_temperature", "squarewave_cycle"):
+            _check_range(name, getattr(self, name), 0, open_low=True)
+        _check_range("initial_firing_rate", self.initial_firing_rate, 0, 1, open_low=True, open_high=True)
+        for name in ("entropy_weight", "covariance_weight", "entropy_threshold"):
+            _check_range(name, getattr(self, name), 0)
         _check_choice("covariance_implementation", self.covariance_implementation, COVARIANCE_IMPLEMENTATIONS)
         _check_choice("decoder_implementation", self.decoder_implementation, DECODER_IMPLEMENTATIONS)
-        if self.covariance_chunk_size < 1:
-            raise ValueError(f"covariance_chunk_size must be >= 1, got {self.covariance_chunk_size}.")
+        _check_range("covariance_chunk_size", self.covariance_chunk_size, 1)
 
 
 class SAEConfig(DictionaryConfig):
@@ -369,13 +417,12 @@ class SAEConfig(DictionaryConfig):
         _check_choice("l1_reduction", self.l1_reduction, L1_REDUCTIONS)
         if self.activation in ("topk", "legacy_topk") and not 1 <= self.k <= self.num_latents:
             raise ValueError(f"k={self.k} must be between 1 and the number of latents m={self.num_latents}.")
+        _check_range("k", self.k, 1)
         for name in ("l1_weight", "auxk_weight"):
-            if not getattr(self, name) >= 0:  # also refuses NaN
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+            _check_range(name, getattr(self, name), 0)
         if self.auxk_k is not None and not 1 <= self.auxk_k <= self.num_latents:
             raise ValueError(f"auxk_k={self.auxk_k} must be between 1 and the number of latents m={self.num_latents}.")
-        if self.auxk_dead_tokens < 1:
-            raise ValueError(f"auxk_dead_tokens must be >= 1, got {self.auxk_dead_tokens}.")
+        _check_range("auxk_dead_tokens", self.auxk_dead_tokens, 1)
 
 
 BAEConfig.register_for_auto_class()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from .formats import (COMSEM_FILE, CONFIG_FILE, EVAL_RESULTS_FILE, PLOTS_DIR, SAELENS_DIR, TRAINING_ARGS_FILE,
                       WEIGHTS_FILE, WEIGHTS_INDEX_FILE, config_hookpoint)
 
@@ -47,6 +49,12 @@ def split_source(source: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     return "/".join(parts[:2]), where
 
 
+def _load_error(source: Any, error: Exception) -> ValueError:
+    return ValueError(
+        f"Could not load a dictionary from {str(source)!r} ({type(error).__name__}: {str(error)[:200]}). Pass a folder "
+        "written by `hf-bae train` / save_pretrained (config.json + model.safetensors) or a Hub repo id.")
+
+
 def load_dictionary(source: str | os.PathLike, *, revision: str | None = None, kind: str | None = None,
                     device: str | None = None, **kwargs: Any):
     """Load one hf_bae dictionary from a folder, a Hub repo id or `namespace/name/subfolder`, in eval mode.
@@ -63,11 +71,15 @@ def load_dictionary(source: str | os.PathLike, *, revision: str | None = None, k
     target, where = split_source(source)
     try:
         model = AutoModel.from_pretrained(target, revision=revision, **where, **kwargs)
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(
-            f"Could not load a dictionary from {str(source)!r} ({type(error).__name__}: {str(error)[:200]}). Pass a folder "
-            "written by `hf-bae train` / save_pretrained (config.json + model.safetensors) or a Hub repo id."
-        ) from error
+    except ValueError as error:
+        if isinstance(error.__cause__, SafetensorError):
+            raise  # already names the file (DictionaryPreTrainedModel.from_pretrained)
+        raise _load_error(source, error) from error
+    except (OSError, KeyError) as error:
+        raise _load_error(source, error) from error
+    except SafetensorError as error:  # a model class that is not ours (it names no file)
+        raise ValueError(f"The weights of {str(source)!r} are truncated or corrupt ({error}): save or download "
+                         "them again.") from error
     if not isinstance(getattr(model, "kind", None), str) or not hasattr(model, "feature_values"):
         raise ValueError(f"{source} holds a {type(model).__name__}, not an hf_bae dictionary (BAE or SAE).")
     if kind is not None and model.kind != kind:

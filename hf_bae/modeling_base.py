@@ -5,15 +5,18 @@ import hashlib
 import importlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration import DictionaryConfig
+from .formats import WEIGHTS_FILE
 from .normalization import fold_affine_into_decoder, fold_affine_into_encoder
 
 _OUTPUT_ACTIVATIONS = {
@@ -81,14 +84,34 @@ class DictionaryPreTrainedModel(PreTrainedModel):
                 bound = 1 / math.sqrt(module.in_features)
                 init.uniform_(module.bias, -bound, bound)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, with a truncated or corrupt weights file named in the error
+        (safetensors says only "incomplete metadata"), as a ValueError: the input is bad, not the code."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            where = str(pretrained_model_name_or_path)
+            place = os.path.join(where, kwargs.get("subfolder") or "", WEIGHTS_FILE)
+            if not os.path.isdir(where):
+                place = f"{WEIGHTS_FILE} of {where}" + (f"/{kwargs['subfolder']}" if kwargs.get("subfolder") else "")
+            raise ValueError(f"{place} is truncated or corrupt ({error}): save or download the dictionary again "
+                             "(from the Hub: force_download=True).") from error
+
     def _check(self, tensor: torch.Tensor, expected: int, name: str) -> torch.Tensor:
-        """Raise a clear ValueError for a wrong width or non-finite values; cast to the weights' dtype."""
+        """Raise a clear ValueError for a non-tensor, a wrong width, an empty batch or non-finite values;
+        cast to the weights' dtype."""
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape [..., {expected}], got a {type(tensor).__name__}: "
+                             "convert it with torch.as_tensor(...).")
         if tensor.dim() == 0 or tensor.shape[-1] != expected:
             shape = tuple(tensor.shape)
             raise ValueError(
                 f"expected {name} of hidden size {expected} from {self.config.describe_source()}, got shape {shape}: "
                 "was this dictionary trained on another model, layer or site?"
             )
+        if tensor.numel() == 0:  # the loss would be a mean over nothing: nan
+            raise ValueError(f"{name} is an empty batch (shape {tuple(tensor.shape)}): pass at least one hidden state.")
         if self.check_inputs and not torch.isfinite(tensor).all():
             bad = (~torch.isfinite(tensor)).sum().item()
             raise ValueError(

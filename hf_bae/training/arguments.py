@@ -5,10 +5,13 @@ when a run is resumed."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 
 from ..arguments import base_model_dtype_option, base_model_option, base_model_revision_option, config_arguments
-from ..configuration import SITES, BAEConfig, DictionaryConfig, SAEConfig, option, own_fields
+from ..configuration import SITES, BAEConfig, DictionaryConfig, SAEConfig, option, own_fields, type_problem
 from ..formats import DEFAULT_DENSE_THRESHOLD
 from .factory import DICTIONARY_KINDS
 from .schedules import SCHEDULES
@@ -124,8 +127,26 @@ class TrainingArguments:
                             choices=TRACKERS)
     progress: bool = option(True, "Show a tqdm progress bar (main process only).")
     plots: bool = option(True, "Draw the plots of each dictionary at the end (plots/*.png).")
+    skip_nonfinite_tokens: bool = option(
+        False, "Drop tokens whose activations hold NaN/inf (counted: nonfinite_tokens_skipped in eval_results.json) "
+        "instead of stopping at the first one with its shard and row.")
 
     def __post_init__(self) -> None:
+        # Types and finiteness first (NaN passes every `x < 0`), before any range and before any work.
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            problem = type_problem(getattr(self, f.name), hints[f.name])
+            if problem:
+                raise ValueError(f"--{f.name} {problem}, got {getattr(self, f.name)!r}.")
+        for name, low, high in (("weight_decay", 0, None), ("max_grad_norm", 0, None), ("adam_beta1", 0, 1),
+                                ("adam_beta2", 0, 1)):
+            value = getattr(self, name)
+            if value < low or (high is not None and value >= high):
+                raise ValueError(f"--{name} must be >= {low}{f' and < {high}' if high is not None else ''}, got {value}.")
+        if self.outlier_factor is not None and not self.outlier_factor > 0:
+            raise ValueError(f"--outlier_factor must be > 0 (or unset), got {self.outlier_factor}.")
+        if not 0 < self.dense_threshold <= 1:
+            raise ValueError(f"--dense_threshold must be in (0, 1], got {self.dense_threshold}.")
         for name in ("batch_size", "gradient_accumulation_steps", "context_length", "lm_batch_size",
                      "shuffle_rows", "save_total_limit", "log_every", "nan_check_every", "initialization_tokens"):
             if getattr(self, name) < 1:
@@ -136,8 +157,8 @@ class TrainingArguments:
                      "l1_start_epoch", "dead_window_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
-        if self.learning_rate <= 0:
-            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"--learning_rate must be a finite number > 0, got {self.learning_rate}.")
         if self.shuffle_rows % self.lm_batch_size:
             raise ValueError(f"--shuffle_rows ({self.shuffle_rows}) must be a multiple of --lm_batch_size "
                              f"({self.lm_batch_size}).")
@@ -178,7 +199,11 @@ SAEArguments._argument_group_name = "SAE options (relu, topk, jumprelu, legacy_t
 TrainingArguments._argument_group_name = "Training options"
 ARGUMENT_CLASSES = (TrainingArguments, DictionaryArguments, BAEArguments, SAEArguments)
 
-# Options that may differ when resuming: they change neither the data order nor the model.
+# Options that may differ when resuming: they change neither the data order nor the model's architecture.
+# Besides budgets, logging and how the same values are computed, this allows the learning rate and the
+# gradient clipping: lowering them and resuming is the documented way out of a NaN loss (the trainer's
+# error says so), and a run's checkpoint is a valid starting point for any step size. The resumed run
+# says which of these changed (`checkpoints.check_resumed_options`).
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "max_tokens", "num_epochs", "validate_every", "log_every", "checkpoint_every", "save_total_limit",
     "report_to", "resume", "overwrite", "nan_check_every", "progress", "learning_rate", "max_grad_norm",

@@ -18,7 +18,10 @@ A repo with a single dictionary keeps it at its root instead, so that
 The ComSem results of a dictionary live beside the atlas that produced them (`hf-bae interpret`
 writes OUT/NAME/comsem.json); `comsem=` (`--comsem`) names them, and the push copies each one as
 comsem.json into its dictionary's repo folder. A comsem.json that an older hf_bae wrote into a
-dictionary folder is still read when none is given.
+dictionary folder is still read when none is given. A card never shows a ComSem result that was not
+measured (`model_card.comsem_unmeasured`: no feature scored, or not a report of `hf-bae interpret`):
+`--comsem` naming one is an error; one found in a dictionary folder or already in the repo is skipped
+with a warning.
 
 A push is one Hub commit: its files appear together or not at all. Transient failures (HTTP 408, 429,
 5xx, dropped connections) are retried with backoff; other failures raise `HubUploadError`; and the
@@ -45,7 +48,7 @@ from .formats import (ATLAS_INFO_FILE, COMSEM_FILE, CONFIG_FILE, DICTIONARY_RUN_
                       PLOTS_DIR, SAELENS_CONFIG_FILE, SAELENS_DIR, TRAINING_ARGS_FILE, config_hookpoint)
 from .loading import (PLOT_SUFFIXES, LocalDictionary, assign_names, comsem_metrics, dictionary_folders, find_dictionaries,
                       load_dictionary, read_json, safe_name, validate_repo_id)
-from .model_card import CardEntry, render_card
+from .model_card import CardEntry, comsem_unmeasured, render_card
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -221,7 +224,8 @@ def _remote_entries(api, repo_id: str, state: RemoteState, folders: Iterable[str
     for folder in folders:
         prefix = f"{folder}/" if folder else ""
         config = fetch(f"{prefix}{CONFIG_FILE}")
-        metrics = {**fetch(f"{prefix}{EVAL_RESULTS_FILE}"), **comsem_metrics(fetch(f"{prefix}{COMSEM_FILE}"))}
+        comsem = card_comsem(fetch(f"{prefix}{COMSEM_FILE}"), f"{repo_id}/{prefix}{COMSEM_FILE}")
+        metrics = {**fetch(f"{prefix}{EVAL_RESULTS_FILE}"), **comsem}
         plots = sorted(f for f in state.files if f.startswith(f"{prefix}{PLOTS_DIR}/") and f.lower().endswith(PLOT_SUFFIXES))
         saelens = f"{SAELENS_DIR}/{folder}" if f"{SAELENS_DIR}/{folder}/{SAELENS_CONFIG_FILE}" in state.files else None
         entries.append(CardEntry(folder, folder or config_hookpoint(config) or "dictionary", config, metrics, plots, saelens))
@@ -229,26 +233,60 @@ def _remote_entries(api, repo_id: str, state: RemoteState, folders: Iterable[str
 
 
 # -- ComSem results (beside the atlas that produced them) ---------------------------------------
+def card_comsem(report: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """The ComSem metrics of `report` for a card; {} (with a warning naming `source`) when it measured nothing."""
+    if not report:
+        return {}
+    problem = comsem_unmeasured(report, require_fields=False)
+    if problem:
+        logger.warning("Not showing the ComSem result of %s on the card: %s.", source, problem)
+        return {}
+    return comsem_metrics(report)
+
+
+def _read_comsem_file(file: Path) -> dict[str, Any]:
+    """The report in a comsem.json the user named; ValueError naming the file when it is not one."""
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err}): pass a comsem.json written by `hf-bae interpret`.") from None
+    if not isinstance(report, dict) or "comsem_score" not in report:
+        raise ValueError(f"{file} is not a ComSem result of `hf-bae interpret` (no comsem_score).")
+    problem = comsem_unmeasured(report)
+    if problem:
+        raise ValueError(f"{file} holds no measured ComSem result ({problem}); rerun `hf-bae interpret` until it scores "
+                         "features, or push without --comsem.")
+    return report
+
+
 def read_comsem_reports(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
     """(file, report) of every ComSem result named: a comsem.json, a folder holding one (OUT/NAME of
-    `hf-bae interpret`, an atlas folder), or an `hf-bae interpret` output folder (one per subfolder)."""
+    `hf-bae interpret`, an atlas folder), or an `hf-bae interpret` output folder (one per subfolder).
+
+    A file named (or the one comsem.json of a folder named) that is not a measured result is a ValueError;
+    among the subfolders of an output folder, such a file is skipped with a warning.
+    """
     found = []
     for path in map(Path, paths):
-        if path.is_file():
-            files = [path]
-        elif (path / COMSEM_FILE).is_file():
-            files = [path / COMSEM_FILE]
-        elif path.is_dir():
-            files = sorted(path.glob(f"*/{COMSEM_FILE}"))
-        else:
+        if path.is_file() or (path / COMSEM_FILE).is_file():
+            file = path if path.is_file() else path / COMSEM_FILE
+            found.append((file, _read_comsem_file(file)))
+            continue
+        if not path.is_dir():
             raise ValueError(f"comsem={path}: no such file or folder.")
+        files = sorted(path.glob(f"*/{COMSEM_FILE}"))
         if not files:
             raise ValueError(f"comsem={path}: it holds no {COMSEM_FILE} (`hf-bae interpret` writes one per dictionary under its --output_dir).")
+        usable = []
         for file in files:
-            report = read_json(file)
-            if "comsem_score" not in report:
-                raise ValueError(f"{file} is not a ComSem result of `hf-bae interpret` (no comsem_score).")
-            found.append((file, report))
+            try:
+                usable.append((file, _read_comsem_file(file)))
+            except ValueError as err:
+                logger.warning("Skipping %s", err)
+        if not usable:
+            raise ValueError(f"comsem={path}: none of its {len(files)} {COMSEM_FILE} files holds a measured ComSem result "
+                             "(see the warnings); rerun `hf-bae interpret`, or push without --comsem.")
+        found += usable
     return found
 
 
@@ -295,10 +333,11 @@ def _stage(targets: dict[str, LocalDictionary], stage: Path, saelens: bool) -> l
         for name in DICTIONARY_RUN_FILES:
             if (d.path / name).is_file():
                 shutil.copy2(d.path / name, dest / name)
+        comsem = card_comsem(d.comsem, d.comsem_path or d.path / COMSEM_FILE)  # {} when nothing was measured
         if d.comsem_report is not None:
             check_comsem_matches(d.comsem_report, model, d.comsem_path)
             (dest / COMSEM_FILE).write_text(json.dumps(d.comsem_report, indent=2) + "\n")
-        elif (d.path / COMSEM_FILE).is_file():  # written into the dictionary folder by an older hf_bae
+        elif comsem:  # written into the dictionary folder by an older hf_bae
             shutil.copy2(d.path / COMSEM_FILE, dest / COMSEM_FILE)
         if d.training_args is not None:
             shutil.copy2(d.training_args, dest / TRAINING_ARGS_FILE)
@@ -317,7 +356,8 @@ def _stage(targets: dict[str, LocalDictionary], stage: Path, saelens: bool) -> l
                 saelens_folder = f"{SAELENS_DIR}/{name}"
                 export_saelens(model, stage / saelens_folder)
         plots = [f"{prefix}{PLOTS_DIR}/{p.name}" for p in d.plots]
-        entries.append(CardEntry(folder, name, d.config, d.metrics, plots, saelens_folder))
+        metrics = {**d.json(EVAL_RESULTS_FILE), **comsem}
+        entries.append(CardEntry(folder, name, d.config, metrics, plots, saelens_folder))
     if "" not in targets:
         # transformers fetches remote code from the repo root even with `subfolder=` (its dynamic
         # module loader takes no subfolder), so the root needs the modeling files of every kind too.

@@ -43,6 +43,35 @@ METRICS: dict[str, tuple[str, str]] = {
     "num_tokens": ("Tokens", "number of validation tokens the metrics were computed on"),
 }
 PERCENT_METRICS = ("dead_fraction", "dense_fraction", "interpretable_fraction")
+COMSEM_METRICS = ("comsem_score", "interpretable_fraction")
+
+
+def comsem_unmeasured(report: dict[str, Any], require_fields: bool = True) -> str | None:
+    """Why a `comsem.json` report holds no measured ComSem result, or None when it does.
+
+    A result is measured when at least one feature was scored and the score is a number. A run in which
+    every LLM call failed, or every answer was unparseable, reports `features_scored: 0`; a report
+    without the field is not one `hf-bae interpret` wrote (`require_fields=False` lets one through when its
+    score is a number: for files already in a repo or a dictionary folder, which are skipped, not refused).
+    """
+    if not isinstance(report, dict):
+        return "it is not a JSON object"
+    if "features_scored" not in report and require_fields:
+        return "it has no features_scored field (it is not a ComSem result of `hf-bae interpret`)"
+    scored = report.get("features_scored", 1)
+    if not is_number(scored) or scored < 1:
+        return f"no feature was scored in it (features_scored: {scored!r}): the run measured nothing"
+    if not is_number(report.get("comsem_score")):
+        return f"its comsem_score is {report.get('comsem_score')!r}, not a number"
+    return None
+
+
+def shown_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a card may show: an interpretable fraction without a ComSem score beside it was not
+    measured (a run where nothing was scored reports 0.0), so it is dropped with the score."""
+    if is_number(metrics.get("comsem_score")):
+        return metrics
+    return {k: v for k, v in metrics.items() if k not in COMSEM_METRICS}
 
 
 @dataclass
@@ -190,8 +219,9 @@ def card_data(entries: Sequence[CardEntry], repo_id: str, *, license: str | None
     results = []
     for e in entries:
         source = e.config.get("dataset") or "unrecorded dataset"
+        metrics = shown_metrics(e.metrics)
         for key, (label, _) in METRICS.items():
-            value = e.metrics.get(key)
+            value = metrics.get(key)
             if not is_number(value):
                 continue
             results.append(EvalResult(
@@ -248,13 +278,14 @@ def render_card(entries: Sequence[CardEntry], repo_id: str, *, license: str | No
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    columns = [(key, label) for key, (label, _) in METRICS.items() if any(is_number(e.metrics.get(key)) for e in entries)]
+    shown = [shown_metrics(e.metrics) for e in entries]
+    columns = [(key, label) for key, (label, _) in METRICS.items() if any(is_number(m.get(key)) for m in shown)]
     help_text = {key: meaning for key, (_, meaning) in METRICS.items()}
     thresholds = {e.metrics.get("dense_threshold") for e in entries if is_number(e.metrics.get("dense_fraction"))}
     if len(thresholds) == 1 and is_number(next(iter(thresholds))):
         help_text["dense_fraction"] = f"share of features firing on more than {100 * next(iter(thresholds)):g}% of the tokens"
     rows = []
-    for e in entries:
+    for e, metrics in zip(entries, shown):
         c = e.config
         rows.append({
             "entry": e,
@@ -266,7 +297,7 @@ def render_card(entries: Sequence[CardEntry], repo_id: str, *, license: str | No
             "site_meaning": site_meaning(c.get("site", "resid_post"), c.get("layer")),
             "output_site_meaning": site_meaning(c["output_site"], c.get("layer")) if is_transcoder(c) else None,
             "num_latents": num_latents(c),
-            "values": {key: format_metric(key, e.metrics.get(key)) for key, _ in columns},
+            "values": {key: format_metric(key, metrics.get(key)) for key, _ in columns},
             "plots": [(Path(p).stem.replace("_", " "), p) for p in e.plots],
         })
     data = card_data(entries, repo_id, license=license, atlas_repo=atlas_repo, tags=tags)

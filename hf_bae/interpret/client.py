@@ -7,6 +7,7 @@ the `hf-bae interpret` LLM flags; `make_backend` / `make_cache` build what they 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -64,6 +65,13 @@ class LLMClient:
     def cached(self, request: ChatRequest) -> bool:
         """Whether the answer to `request` is already in the cache."""
         return self.cache is not None and self.key(request) in self.cache
+
+    def forget(self, requests: Sequence[ChatRequest]) -> int:
+        """Drop the cached answers to `requests`, so that a rerun asks again: for answers that turned out to be
+        unusable (a judge answering nonsense to everything must not have its nonsense replayed once it is fixed)."""
+        if self.cache is None or not requests:
+            return 0
+        return self.cache.delete([self.key(r) for r in requests])
 
     def _reserve(self, n: int) -> int:
         with self._budget_lock:
@@ -199,6 +207,21 @@ class LLMConfig:
             raise ValueError(f"backend={self.backend!r}: choose one of {BACKENDS}.")
         if self.max_calls is not None and self.max_calls < 0:
             raise ValueError(f"max_calls must be >= 0, got {self.max_calls}.")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"--base_url {self.base_url!r} is not an http(s) URL: give the endpoint's address, "
+                             "e.g. http://localhost:8000/v1.")
+        # `not x > 0` is also true for NaN, which `x <= 0` lets through.
+        for name, value, low, strict in (("timeout", self.timeout, 0, True), ("backoff_base", self.backoff_base, 0, False),
+                                         ("max_retries", self.max_retries, 0, False), ("concurrency", self.concurrency, 1, False),
+                                         ("llm_batch_size", self.llm_batch_size, 1, False),
+                                         ("llm_max_new_tokens", self.llm_max_new_tokens, 1, False),
+                                         ("price_input", self.price_input, 0, False),
+                                         ("price_output", self.price_output, 0, False)):
+            if value is None:
+                continue
+            ok = math.isfinite(value) and (value > low if strict else value >= low)
+            if not ok:
+                raise ValueError(f"--{name} must be a finite number {'>' if strict else '>='} {low}, got {value}.")
 
     def public_dict(self) -> dict[str, Any]:
         """The options without secrets (what may be written to disk)."""

@@ -25,6 +25,11 @@ Fixes and additions (labelled as such in every summary):
   paper's score. The paper's score is unchanged by this.
 - The paper gives no score threshold for calling a feature interpretable; `threshold` (default 0.5)
   is ours and is always reported with the count.
+- A judge whose every answer in a run is unparseable is not answering the protocol (a base model, a
+  wrong chat template, a server answering garbage): its verdicts score nothing (status
+  "judge_unparseable") rather than 0 for every feature. When a run scores nothing, the unusable
+  answers it got (unparseable explanations and verdicts) are dropped from the response cache, so that
+  a rerun against the fixed server asks again instead of replaying them.
 
 `summarize_verdicts` turns verdicts into the summary; the `evaluate` module `metrics/comsem` wraps it.
 """
@@ -54,6 +59,7 @@ STATUS_TOO_FEW = "too_few_samples"
 STATUS_EXPLAIN_FAILED = "explain_failed"  # the explainer call failed after its retries (see the ledger)
 STATUS_EXPLANATION_UNPARSEABLE = "explanation_unparseable"
 STATUS_NO_VERDICTS = "no_verdicts"  # every judge call failed or was not made
+STATUS_JUDGE_UNPARSEABLE = "judge_unparseable"  # the judge answered, but never Yes or No, in the whole run
 STATUS_NOT_SELECTED = "not_selected"  # outside --max_features
 STATUS_PENDING = "pending"  # the explainer call was not made (dry run, or --max_calls reached): a rerun makes it
 
@@ -327,10 +333,11 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
             explain_rows.append(row)
 
     answers = client.complete_many(explain_requests, desc="explain")
+    unusable: list[ChatRequest] = []  # answered, but unparseable: forgotten if the run scores nothing
     judge_requests: list[ChatRequest] = []
     judge_meta: list[tuple[int, int, str]] = []  # (feature, sample_index, split)
     judge_pending = 0  # judge calls of features whose explainer call was not made
-    for row, answer in zip(explain_rows, answers):
+    for row, request, answer in zip(explain_rows, explain_requests, answers):
         f = int(row["feature"])
         tests = row["samples"][config.explain_samples : config.explain_samples + config.max_test_samples]
         negatives = row["non_activating"][: config.num_negatives]
@@ -342,6 +349,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
         explanation = parse_explanation(answer.text)
         if explanation is None:
             results[f] = FeatureResult(f, STATUS_EXPLANATION_UNPARSEABLE, explanation=answer.text)
+            unusable.append(request)
             continue
         results[f] = FeatureResult(f, STATUS_NO_VERDICTS, explanation=explanation)
         for split, samples, offset in (("positive", tests, config.explain_samples), ("negative", negatives, 0)):
@@ -352,9 +360,12 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
                 judge_meta.append((f, offset + i, split))
 
     verdict_answers = client.complete_many(judge_requests, desc="judge")
-    for (f, index, split), answer in zip(judge_meta, verdict_answers):
+    for (f, index, split), request, answer in zip(judge_meta, judge_requests, verdict_answers):
         if answer.ok:
-            results[f].verdicts.append({"sample_index": index, "split": split, "answer": parse_answer(answer.text)})
+            verdict = parse_answer(answer.text)
+            results[f].verdicts.append({"sample_index": index, "split": split, "answer": verdict})
+            if verdict == "unparseable":
+                unusable.append(request)
         else:
             results[f].judge_failures += 1
 
@@ -362,6 +373,11 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
     for r in results.values():
         for v in r.verdicts:
             vf.append(r.feature), vs.append(v["split"]), va.append(v["answer"])
+    judge_unparseable = bool(va) and all(a == "unparseable" for a in va)
+    if judge_unparseable:  # not one Yes or No: nothing was measured (see the module docstring)
+        for f in set(vf):
+            results[f].status = STATUS_JUDGE_UNPARSEABLE
+        vf, vs, va = [], [], []
     per = per_feature_scores(vf, vs, va)
     for f, p in per.items():
         r = results[f]
@@ -378,5 +394,9 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
                                         for r in ordered)
     summary["judge_failures"] = sum(r.judge_failures for r in ordered)
     summary["judge_calls_pending_explanations"] = judge_pending
+    if judge_unparseable:
+        summary["verdicts"] = summary["unparseable"] = sum(len(r.verdicts) for r in ordered)
+    summary["unusable_answers_forgotten"] = (client.forget(unusable) if summary["features_scored"] == 0
+                                             and not client.dry_run else 0)
     summary["protocol"] = asdict(config)
     return run

@@ -12,6 +12,14 @@ Output of `run_interpret(..., output_dir=OUT)`:
     OUT/results.md, results.json, comsem_scores.png
     OUT/ledger.json            calls, cache hits, retries, failures, tokens and cost
     OUT/interpret_args.json    the options (never the API key)
+
+A dictionary none of whose features was scored (every LLM call failed, the judge never answered Yes or
+No, every feature had too few samples) has no measured result: no comsem.json and no interpreted atlas
+are written for it, and `run_interpret` raises a RuntimeError (`hf-bae interpret` exits 1) whose one line
+says how many calls failed, of which kind, and what to do, after writing the results of the
+dictionaries that were scored and the ledger. Errors every call would repeat (a refused key, an
+unknown model or URL: `LLMSetupError`) stop the run at once: exit 2. A partly scored dictionary is a
+result; its `coverage` ("12 of 50 features scored") is in its comsem.json and printed.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from .atlas import AtlasConfig, build_atlases
 from .atlas_format import check_atlas_matches, load_atlas, save_atlas
 from .atlas_scoring import DICTIONARY_TYPES, RandomBaseline, dictionary_fingerprint, dictionary_type
 from .comsem import ComSemConfig, run_comsem
-from .report import apply_results, comsem_report, plot_scores, results_table
+from .report import apply_results, comsem_report, nothing_scored_message, plot_scores, results_table
 from .client import LLMClient, LLMConfig, make_backend, make_cache
 
 logger = logging.getLogger(__name__)
@@ -311,22 +319,23 @@ def run_interpret(
         ledgers[entry.name] = client.ledger.to_dict()
         report = comsem_report(entry.name, info, run, {"backend": backend.identity, "model": backend.model})
         reports.append(report)
-        if info.dictionary_type == "random":
+        if info.dictionary_type == "random" and report["features_scored"]:
             random_score = report["comsem_score"]
-        if not llm_config.dry_run:
+        if not llm_config.dry_run and report["features_scored"]:
             folder = out / entry.name
             folder.mkdir(parents=True, exist_ok=True)
             apply_results(dataset, run).save_to_disk(str(folder / INTERPRETED_ATLAS_DIR))
             save_atlas_info(info, folder / INTERPRETED_ATLAS_DIR)
-        print(f"{entry.name}: {client.ledger.describe()}")
+        print(f"{entry.name}: {report['coverage']}; {client.ledger.describe()}")
 
-    for report, (entry, *_rest) in zip(reports, items):
+    measured = [r for r in reports if r["features_scored"]]
+    for report in measured:
         if random_score is not None and report["dictionary_type"] != "random":
             report["random_baseline_comsem_score"] = random_score
         if llm_config.dry_run:
             continue
         text = json.dumps(report, indent=2) + "\n"
-        for folder in (out / entry.name, out / entry.name / INTERPRETED_ATLAS_DIR):
+        for folder in (out / report["name"], out / report["name"] / INTERPRETED_ATLAS_DIR):
             (folder / COMSEM_FILE).write_text(text)
 
     (out / LEDGER_FILE).write_text(json.dumps(ledgers, indent=2) + "\n")
@@ -338,10 +347,16 @@ def run_interpret(
               f"then up to {later} judge calls for the features whose explanation is not cached yet: at most {now + later} "
               f"calls. Estimated prompt cost of the first {now}: ${cost:.4f}.")
         return reports
-    table = results_table(reports)
-    (out / RESULTS_TABLE_FILE).write_text(table + "\n")
-    (out / RESULTS_JSON_FILE).write_text(json.dumps(reports, indent=2) + "\n")
-    if any(r["features_scored"] for r in reports):
-        plot_scores(reports, out / COMSEM_PLOT_FILE)
-    print(table)
+    unmeasured = [r for r in reports if not r["features_scored"]]
+    if measured:
+        table = results_table(measured)
+        (out / RESULTS_TABLE_FILE).write_text(table + "\n")
+        (out / RESULTS_JSON_FILE).write_text(json.dumps(measured, indent=2) + "\n")
+        plot_scores(measured, out / COMSEM_PLOT_FILE)
+        print(table)
+    if unmeasured:
+        message = nothing_scored_message(unmeasured, ledgers, backend.identity, out / LEDGER_FILE)
+        if measured:
+            message += f" The results of {', '.join(r['name'] for r in measured)} are in {out / RESULTS_TABLE_FILE}."
+        raise RuntimeError(message)
     return reports

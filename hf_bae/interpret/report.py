@@ -33,10 +33,12 @@ def apply_results(dataset, run: ComSemRun):
 def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, Any]) -> dict[str, Any]:
     """The content of `comsem.json` (read by the Hub model card)."""
     s = run.summary
+    measured = s["features_scored"] > 0  # else an interpretable fraction of 0.0 would read as a measurement
     return {
         "comsem_score": s["comsem_score"],
-        "interpretable_fraction": s["interpretable_fraction"],
-        "interpretable_count": s["interpretable_count"],
+        "interpretable_fraction": s["interpretable_fraction"] if measured else None,
+        "interpretable_count": s["interpretable_count"] if measured else None,
+        "coverage": f"{s['features_scored']} of {s['features_selected']} features scored",
         "threshold": s["threshold"],
         "features_scored": s["features_scored"],
         "features_interpreted": s["features_selected"],
@@ -62,6 +64,49 @@ def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, A
         "ledger": run.ledger,
         "hf_bae_version": __version__,
     }
+
+
+# What to do when every call of a run failed with one kind (`hf_bae.interpret.chat.FAILURE_KINDS`).
+FAILURE_ADVICE = {
+    "connection": "nothing answers at the endpoint: start the server, or fix --base_url",
+    "timeout": "the endpoint did not answer within --timeout: raise --timeout, lower --concurrency, or check the server",
+    "rate_limited": "the endpoint kept rate-limiting: lower --concurrency, raise --max_retries, or retry later",
+    "server_error": "the endpoint answered 5xx errors: check the server's logs",
+    "malformed": "the endpoint's answers are not chat completions: check that --base_url is an OpenAI-compatible /v1 endpoint",
+    "bad_request": "the endpoint refused the requests (HTTP 4xx): check --llm and the server's logs",
+    "budget_exhausted": "--max_calls was reached before a feature was judged: raise it (a rerun reuses the cached answers)",
+}
+
+
+def nothing_scored_message(reports: Sequence[dict[str, Any]], ledgers: dict[str, dict[str, Any]], endpoint: str,
+                           ledger_path: Path) -> str:
+    """One line saying why the dictionaries in `reports` got no feature scored, and what to do."""
+    names = ", ".join(r["name"] for r in reports)
+    selected = sum(r["features_interpreted"] for r in reports)
+    failed: dict[str, int] = {}
+    for r in reports:
+        for kind, n in ledgers.get(r["name"], {}).get("failed", {}).items():
+            failed[kind] = failed.get(kind, 0) + n
+    calls = sum(ledgers.get(r["name"], {}).get("requests", 0) for r in reports)
+    unparseable = sum(r["unparseable"] for r in reports)
+    explained_badly = sum(r["status_counts"].get("explanation_unparseable", 0) for r in reports)
+    too_few = sum(r["features_too_few_samples"] for r in reports)
+    head = f"nothing was scored for {names} (0 of {selected} features)"
+    if failed:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(failed.items(), key=lambda kv: -kv[1]))
+        worst = max(failed, key=failed.get)
+        advice = FAILURE_ADVICE.get(worst, "see the ledger")
+        what = f"{sum(failed.values())} of {calls} LLM requests to {endpoint} failed ({kinds}): {advice}"
+    elif unparseable or explained_badly:
+        what = (f"{endpoint} answered, but {unparseable} judge answers were never Yes or No and {explained_badly} "
+                "explanations were not one phrase: check --llm (a chat / instruct model) and the server's chat template; "
+                "these answers were not kept in the cache")
+    elif too_few == selected:
+        what = ("every feature had too few samples: build the atlas on more texts (--num_texts, --samples_per_feature) "
+                "or lower --explain_samples")
+    else:
+        what = f"{calls} LLM requests gave no verdict"
+    return f"{head}: {what}. No comsem.json was written; the calls are counted in {ledger_path}."
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -75,6 +75,11 @@ class ResponseCache:
                  result.text, result.prompt_tokens, result.completion_tokens, time.time()),
             )
 
+    def delete(self, keys: list[str]) -> int:
+        """Remove the answers under `keys` (answers a run found unusable); returns how many were there."""
+        with self._connect() as conn:  # commits
+            return sum(conn.execute("DELETE FROM responses WHERE key = ?", (key,)).rowcount for key in keys)
+
     def __contains__(self, key: str) -> bool:
         return self._connect().execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
 

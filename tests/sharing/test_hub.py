@@ -175,7 +175,7 @@ def test_comsem_results_beside_the_atlas_reach_the_card(run, tmp_path):
     fingerprint = load_dictionary(run / "topk").fingerprint()
     for name, score, fp in (("topk", 0.31, fingerprint), ("random", 0.2, "random:num_features=1:seed=0")):
         (interp / name).mkdir(parents=True)
-        (interp / name / "comsem.json").write_text(json.dumps({"comsem_score": score, "interpretable_fraction": 0.25, "name": name,
+        (interp / name / "comsem.json").write_text(json.dumps({"comsem_score": score, "interpretable_fraction": 0.25, "name": name, "features_scored": 4,
                                                                "dictionary_type": "random" if name == "random" else "SAE",
                                                                "dictionary_fingerprint": fp}))
     out = tmp_path / "out"
@@ -187,7 +187,8 @@ def test_comsem_results_beside_the_atlas_reach_the_card(run, tmp_path):
     assert json.loads((out / "layers.1.resid_post.topk" / "comsem.json").read_text())["comsem_score"] == 0.31
     assert not (run / "topk" / "comsem.json").exists()
     # the results of another dictionary are refused
-    (interp / "topk" / "comsem.json").write_text(json.dumps({"comsem_score": 0.3, "name": "topk", "dictionary_fingerprint": "0" * 64}))
+    (interp / "topk" / "comsem.json").write_text(json.dumps({"comsem_score": 0.3, "name": "topk", "features_scored": 4,
+                                                         "dictionary_fingerprint": "0" * 64}))
     with pytest.raises(ValueError, match="another dictionary"):
         push_run(run, "tester/dicts", output_dir=tmp_path / "out2", comsem=[str(interp / "topk" / "comsem.json")], only=["topk"])
     assert cli(["push", str(run), "tester/dicts", "--output_dir", str(tmp_path / "out3"), "--comsem", str(tmp_path / "nowhere")]) == 2

@@ -6,11 +6,13 @@ Hub id with a revision tag that names the embedded copy (`model_revision_of`), a
 `load_language_model` resolve that pair back to the offline copy.
 """
 
+import os
 from typing import Any
 
 import torch
 
 from ..embedded import EMBEDDED_MODEL_ID, EMBEDDED_REVISION_PREFIX, embedded_model_path, embedded_revision
+from .paths import check_local_or_hub
 
 __all__ = ["is_embedded", "load_language_model", "model_device", "model_name_of", "model_revision_of", "resolve_dtype"]
 
@@ -74,7 +76,11 @@ def load_language_model(
             raise ValueError("The embedded model has no revisions; leave revision unset.")
         path, revision = str(embedded_model_path()), None
     else:
-        path = str(name_or_path)
+        path = check_local_or_hub(name_or_path, "Language model", "pass a folder holding config.json and the weights "
+                                  "(save_pretrained), a Hub id such as HuggingFaceTB/SmolLM2-135M, or 'embedded'.")
+        if os.path.isfile(path) or (os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json"))):
+            raise ValueError(f"Language model {path} is not a model folder (no config.json in it): pass the folder "
+                             "save_pretrained wrote, or a Hub id.")
     model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     model.to(device).eval().requires_grad_(False)

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..embedded import embedded_corpus_files, embedded_corpus_version
+from .paths import check_local_or_hub
 
 __all__ = ["TextStream", "load_texts"]
 
@@ -115,8 +116,13 @@ def load_texts(
         ext = os.path.splitext(dataset)[1].lower()
         if ext not in _LOCAL_BUILDERS:
             raise ValueError(f"Cannot read {dataset!r}: use a {', '.join(sorted(_LOCAL_BUILDERS))} file.")
+        if os.path.getsize(dataset) == 0:
+            raise ValueError(f"Dataset file {dataset} is empty: give a file with at least one text.")
         kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
-        ds = datasets.load_dataset(_LOCAL_BUILDERS[ext], data_files=[dataset], split="train", streaming=streaming, **kwargs)
+        try:
+            ds = datasets.load_dataset(_LOCAL_BUILDERS[ext], data_files=[dataset], split="train", streaming=streaming, **kwargs)
+        except StopIteration as error:  # `datasets` finds no first record (e.g. only blank lines)
+            raise ValueError(f"Dataset file {dataset} holds no records: give a file with at least one text.") from error
     elif os.path.isdir(dataset) and any(
         os.path.exists(os.path.join(dataset, f)) for f in ("state.json", "dataset_dict.json", "dataset_info.json")
     ) and not any(f.endswith((".jsonl", ".csv", ".parquet", ".txt")) for f in os.listdir(dataset)):
@@ -128,6 +134,8 @@ def load_texts(
         if streaming:
             ds = ds.to_iterable_dataset()
     else:
+        dataset = check_local_or_hub(dataset, "Dataset", "pass an existing .txt/.jsonl/.csv/.parquet file or folder, "
+                                     "a Hub dataset id, or 'embedded'.")
         ds = datasets.load_dataset(dataset, config_name, split=split, streaming=streaming, revision=revision)
     if world_size > 1:
         from datasets.distributed import split_dataset_by_node

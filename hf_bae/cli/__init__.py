@@ -12,13 +12,19 @@ Exit codes, the same for every command:
 
 `_common.run_or_explain` applies this to the exceptions a command raises (one line on stderr, no
 traceback); an unexpected exception is a bug and keeps its traceback.
+
+Debugging: `hf-bae --debug COMMAND ...` (the flag may also come anywhere after the command) or the
+environment variable `HF_BAE_DEBUG=1` makes `run_or_explain` re-raise instead, so an expected error
+shows its full traceback too (for a bug report, or to see where a bad input was found).
 """
 
 import importlib
 import sys
 from collections.abc import Sequence
 
-from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, debugging
+
+DEBUG_FLAG = "--debug"
 
 # name -> (module in hf_bae.cli, one-line description). Modules are imported only when used, so
 # `hf-bae --help` stays fast and one command's optional dependencies never break another.
@@ -40,13 +46,16 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: hf-bae COMMAND [options]", "", "Binary Autoencoders and sparse dictionaries for Hugging Face models.", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Run `hf-bae COMMAND --help` for the options of a command."]
+    lines += ["", "Run `hf-bae COMMAND --help` for the options of a command. `hf-bae --debug COMMAND ...` (or",
+              "HF_BAE_DEBUG=1) shows the full traceback of an error instead of its one-line message."]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `hf-bae`: dispatch to the sub-command's `main(argv)`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv  # a global flag: accepted before or after the command, never passed on
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return EXIT_OK
@@ -61,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
     try:
-        return int(module.main(rest) or EXIT_OK)
+        with debugging(debug):
+            return int(module.main(rest) or EXIT_OK)
     except KeyboardInterrupt:  # a command that does not catch it still exits as the policy says
         print(f"hf-bae {name}: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED

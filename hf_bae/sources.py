@@ -102,6 +102,17 @@ class ActivationSource:
         """What a dictionary config should record about the data (base_model, dataset, context_length, ...)."""
         return {}
 
+    def locate_nonfinite(self, site: str) -> str | None:
+        """Where the first training token whose `site` activation holds NaN/inf is stored ("shard file, row"),
+        for the error that stops training on it; None when the source cannot tell (a live stream)."""
+        return None
+
+
+def first_nonfinite_row(values: torch.Tensor) -> int | None:
+    """Index of the first row of `[n, d]` holding a NaN or inf, or None."""
+    bad = (~torch.isfinite(values)).any(-1).nonzero()
+    return int(bad[0]) if len(bad) else None
+
 
 def _check_sites(tensors: dict[str, torch.Tensor], what: str) -> None:
     if not tensors:
@@ -179,6 +190,10 @@ class TensorSource(ActivationSource):
     def provenance(self):
         return dict(self._provenance)
 
+    def locate_nonfinite(self, site):
+        row = first_nonfinite_row(self.tensors[site])
+        return None if row is None else f"row {row} of the {site!r} tensor"
+
 
 class CacheSource(ActivationSource):
     """A shard cache on disk (`hf-bae harvest`), split in order into training and validation parts.
@@ -241,6 +256,16 @@ class CacheSource(ActivationSource):
             input_ids = view.row_input_ids(rows).long()
             input_ids = input_ids[(input_ids >= 0).all(-1)][:context_rows]
         return ValidationData({s: data[s] for s in self.sites}, input_ids)
+
+    def locate_nonfinite(self, site):
+        # The error path only: read the training split one shard segment at a time until the first bad row.
+        key = self.cache._key(site)
+        for shard, lo, hi in self.train_view.segments:
+            values = self.cache._read_segments([(shard, lo, hi)], [key])[key]
+            row = first_nonfinite_row(values.float())
+            if row is not None:
+                return f"{self.cache.path / self.cache.manifest.shards[shard].file}, row {lo + row}"
+        return None
 
     def provenance(self):
         m = self.cache.manifest

@@ -10,17 +10,23 @@ Layout of a checkpoint (`OUTPUT_DIR/checkpoints/checkpoint_<step:08d>/`): accele
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..formats import CHECKPOINT_PREFIX, CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, TRAINER_STATE_FILE, TRAINING_ARGS_FILE
 from ..version import __version__
 from .arguments import RESUMABLE_CHANGES, TrainingArguments
+
+
+logger = logging.getLogger(__name__)
 
 
 def _data_state_file(rank: int, suffix: str) -> str:
@@ -55,11 +61,68 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(done, key=_step_of, default=None)
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (truncated or corrupt), or None when it reads back.
+
+    Checked without unpickling anything: JSON files parse, safetensors files open and their tensors read,
+    accelerate's torch.save archives (zip) pass their CRC check, and no file is empty."""
+    try:
+        state = json.loads((path / TRAINER_STATE_FILE).read_text())
+        if not isinstance(state, dict) or not {"step", "world_size", "dictionaries"} <= set(state):
+            return f"{path / TRAINER_STATE_FILE} lacks the trainer's counters"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{path / TRAINER_STATE_FILE} is not valid JSON ({error})"
+    for file in sorted(path.iterdir()):
+        if not file.is_file():
+            continue
+        try:
+            if file.stat().st_size == 0:
+                return f"{file} is empty"
+            if file.suffix == ".json":
+                json.loads(file.read_text())
+            elif file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():
+                        f.get_tensor(key)
+            elif zipfile.is_zipfile(file):
+                with zipfile.ZipFile(file) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    return f"{file} is corrupt (member {bad})"
+            elif file.suffix in (".bin", ".pt", ".pth"):  # torch.save writes zip archives
+                return f"{file} is truncated or corrupt (not a torch archive)"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError, zipfile.BadZipFile) as error:
+            return f"{file} is truncated or corrupt ({error})"
+    return None
+
+
+def intact_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint whose files read back; each newer one that does not is skipped with a
+    warning that names it (a run keeps `--save_total_limit` checkpoints, so an older one is usually there)."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE_FILE).exists()]
+    skipped = []
+    for path in sorted(done, key=_step_of, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if skipped:
+                logger.warning("--resume: skipped %s; resuming from %s instead.", "; ".join(skipped), path)
+            return path
+        skipped.append(f"{path.name} ({problem})")
+    if skipped:
+        raise ValueError(f"--resume: no intact checkpoint in {root}: {'; '.join(skipped)}. Start the run again with "
+                         "--overwrite (or delete the damaged checkpoints).")
+    return None
+
+
 def check_output_dir(args: TrainingArguments) -> Path | None:
-    """Refuse an output folder that holds another run (unless --overwrite / --resume); the checkpoint to resume."""
+    """Refuse an output folder that holds another run (unless --overwrite / --resume); the checkpoint to resume
+    (the newest intact one, see `intact_checkpoint`)."""
     out = Path(args.output_dir)
     if args.resume:
-        checkpoint = latest_checkpoint(out)
+        checkpoint = intact_checkpoint(out)
         if checkpoint is None:
             raise ValueError(f"--resume: {out} holds no complete checkpoint (looked in {out / CHECKPOINTS_DIR}). Start "
                              "a new run without --resume.")
@@ -77,14 +140,21 @@ RENAMED_OPTIONS = {"model_name_or_path": "base_model", "model_revision": "base_m
 
 def read_run_options(path: Path) -> dict[str, Any]:
     """The options a run recorded in its training_args.json, under today's names."""
-    return {RENAMED_OPTIONS.get(k, k): v for k, v in json.loads(path.read_text()).items()}
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): restore it, or start a new run with --overwrite.") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds no options (a JSON object): restore it, or start a new run with --overwrite.")
+    return {RENAMED_OPTIONS.get(k, k): v for k, v in data.items()}
 
 
-def check_resumed_options(output_dir: Path, options: dict[str, Any]) -> None:
-    """Refuse to resume with options that would not continue the same run (see `RESUMABLE_CHANGES`)."""
+def check_resumed_options(output_dir: Path, options: dict[str, Any]) -> list[str]:
+    """Refuse to resume with options that would not continue the same run (see `RESUMABLE_CHANGES`); returns
+    the allowed changes ("learning_rate: 0.0005 -> 0.0001"), for the resumed run to say."""
     path = output_dir / TRAINING_ARGS_FILE
     if not path.exists():
-        return
+        return []
     old = read_run_options(path)
     options = json.loads(json.dumps(options, default=json_default))
     changed = sorted(k for k in set(old) | set(options)
@@ -93,6 +163,9 @@ def check_resumed_options(output_dir: Path, options: dict[str, Any]) -> None:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {options.get(k)!r}" for k in changed)
         raise ValueError(f"--resume with different options would not continue the same run ({details}). "
                          "Resume with the original options, or start a new run in another --output_dir.")
+    quiet = {"resume", "overwrite", "output_dir", "hf_bae_version", "progress"}
+    return [f"{k}: {old.get(k)!r} -> {options.get(k)!r}" for k in sorted(set(old) | set(options))
+            if old.get(k) != options.get(k) and k not in quiet]
 
 
 def clear_run(out: Path, names: Sequence[str]) -> None:
@@ -176,6 +249,9 @@ def load_checkpoint(accelerator: Any, path: Path, dictionaries: list[str]
     """Restore accelerate's state from `path` and return (trainer state, this process's data position, its
     tensors); refuses a checkpoint of another number of processes or other dictionaries."""
     acc = accelerator
+    problem = checkpoint_problem(path)  # also when called directly, not only through --resume
+    if problem is not None:
+        raise ValueError(f"Checkpoint {path} cannot be restored: {problem}.")
     state = json.loads((path / TRAINER_STATE_FILE).read_text())
     if state["world_size"] != acc.num_processes:
         raise ValueError(f"{path} was written by {state['world_size']} process(es); resume it with the same "

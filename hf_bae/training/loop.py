@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..evaluation import downstream_fidelity, evaluate_dictionary
 from ..formats import EVAL_RESULTS_FILE, METRICS_FILE
 from ..modeling_base import DictionaryPreTrainedModel
-from ..sources import ActivationSource, SourceBatch, ValidationData
+from ..sources import ActivationSource, SourceBatch, ValidationData, first_nonfinite_row
 from ..training_plots import plot_dictionary_run
 from . import checkpoints
 from .arguments import TrainingArguments
@@ -43,6 +43,11 @@ from .step_metrics import step_window, window_record
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss or gradient became NaN/inf; the message names the step and the checkpoint."""
+
+
+class NonFiniteActivationsError(ValueError):
+    """Raised when the source's activations hold NaN/inf (bad data, not a bad step): the message names the
+    shard and row (or the step) and the flag that drops such tokens instead (`--skip_nonfinite_tokens`)."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -118,8 +123,9 @@ class DictionaryTrainer:
         # Every process checks everything (read-only) before any process writes, so that a refusal
         # is raised everywhere, leaves the output folder as it was, and no process waits at a barrier.
         self.resume_from = checkpoints.check_output_dir(args)
+        self.resumed_changes: list[str] = []
         if self.resume_from is not None:
-            checkpoints.check_resumed_options(self.output_dir, self.run_options)
+            self.resumed_changes = checkpoints.check_resumed_options(self.output_dir, self.run_options)
         inputs = inputs or source_keys(dictionaries, source.sites)
         for name, model in dictionaries.items():
             key, target = inputs[name]
@@ -163,6 +169,8 @@ class DictionaryTrainer:
         self._first_bad: torch.Tensor | None = None
         self._last_checkpoint_step = -1
         self._last_validation_step = -1
+        self.nonfinite_tokens_skipped = 0  # this process's training tokens dropped by --skip_nonfinite_tokens
+        self.validation_nonfinite_tokens_skipped = 0
 
     # -- small utilities ------------------------------------------------------------------------
     def _unwrap(self, entry: _Entry) -> DictionaryPreTrainedModel:
@@ -214,6 +222,7 @@ class DictionaryTrainer:
             tensors.update(checkpoints.normalization_tensors(e.name, self._unwrap(e).normalization))
         state = {"step": self.step, "tokens": self.tokens, "epoch": self.epoch, "world_size": acc.num_processes,
                  "dictionaries": [e.name for e in self.entries]}
+        tensors["nonfinite_tokens_skipped"] = torch.tensor([self.nonfinite_tokens_skipped], dtype=torch.int64)
         final = checkpoints.save_checkpoint(acc, self.output_dir, self.step, state,
                                             {"state": self.data_state, "epoch": self.epoch}, tensors,
                                             self.args.save_total_limit)
@@ -227,6 +236,7 @@ class DictionaryTrainer:
         self.step, self.tokens, self.epoch = state["step"], state["tokens"], data["epoch"]
         self.data_state = data["state"]
         self.data_tensors = {k[len("data."):]: v for k, v in tensors.items() if k.startswith("data.")}
+        self.nonfinite_tokens_skipped = int(tensors.get("nonfinite_tokens_skipped", torch.zeros(1))[0])
         for e in self.entries:
             e.since_fired = tensors[f"since_fired.{e.name}"].to(acc.device)
             normalization = checkpoints.restored_normalization(e.name, tensors)
@@ -244,6 +254,59 @@ class DictionaryTrainer:
         (see `hf_bae.training.initialization`)."""
         return initialize_from_data([(self._unwrap(e), e.input_key, e.target_key) for e in self.entries], batches,
                                     self.accelerator, self.args)
+
+    # -- non-finite activations ------------------------------------------------------------------
+    def _nonfinite_error(self, site: str, bad: int, total: int, where: str | None, what: str) -> NonFiniteActivationsError:
+        return NonFiniteActivationsError(
+            f"The activations at {site} hold NaN/inf: {bad} of the {total} tokens of {what}"
+            + (f", the first at {where}" if where else "") + ". Harvest them again (check the language model's "
+            "dtype: fp16 overflows on some layers, use bf16 or fp32), or pass --skip_nonfinite_tokens to drop "
+            "such tokens (counted in eval_results.json).")
+
+    def _finite_rows(self, activations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, str | None]:
+        """(rows whose activations are finite at every site, the first site with a bad row or None)."""
+        finite, first = None, None
+        for site, values in activations.items():
+            ok = torch.isfinite(values).all(-1)
+            if first is None and not bool(ok.all()):
+                first = site
+            finite = ok if finite is None else finite & ok
+        return finite, first
+
+    def _screened(self, batches: Iterator[SourceBatch]) -> Iterator[SourceBatch]:
+        """The training stream with NaN/inf activations caught before they reach a dictionary: an error naming
+        the shard and row (a cache), the row (tensors) or the step (a live stream); or, with
+        `skip_nonfinite_tokens`, the batch without those tokens (counted). A check of CPU batches costs one
+        pass over them; the loss check alone would only say "lower the learning rate"."""
+        try:
+            for batch in batches:
+                finite, site = self._finite_rows(batch.activations)
+                if site is None:
+                    yield batch
+                    continue
+                bad = int((~finite).sum())
+                if not self.args.skip_nonfinite_tokens:
+                    raise self._nonfinite_error(site, bad, finite.numel(), self.source.locate_nonfinite(site),
+                                                f"the batch of step {self.step + 1}")
+                self.nonfinite_tokens_skipped += bad
+                if bad < finite.numel():
+                    yield dataclasses.replace(batch, activations={k: v[finite] for k, v in batch.activations.items()})
+        finally:
+            batches.close()  # an activation stream removes its hooks from the LM
+
+    def _screen_validation(self, validation: ValidationData | None) -> ValidationData | None:
+        """Held-out activations without NaN/inf (or the error that names them): metrics over them would be nan."""
+        if validation is None or validation.num_tokens == 0:
+            return validation
+        finite, site = self._finite_rows(validation.activations)
+        if site is None:
+            return validation
+        bad = int((~finite).sum())
+        if not self.args.skip_nonfinite_tokens:
+            row = first_nonfinite_row(validation.activations[site])
+            raise self._nonfinite_error(site, bad, finite.numel(), f"held-out row {row}", "the validation split")
+        self.validation_nonfinite_tokens_skipped = bad
+        return dataclasses.replace(validation, activations={k: v[finite] for k, v in validation.activations.items()})
 
     # -- one step -------------------------------------------------------------------------------
     def _forward_backward(self, batch: SourceBatch) -> list[torch.Tensor]:
@@ -383,10 +446,11 @@ class DictionaryTrainer:
         set_seed(a.seed)
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from)
-            acc.print(f"Resuming from {self.resume_from} (step {self.step}, {self.tokens:,} tokens).")
+            acc.print(f"Resuming from {self.resume_from} (step {self.step}, {self.tokens:,} tokens)"
+                      + (f" with changed options: {', '.join(self.resumed_changes)}." if self.resumed_changes else "."))
         if acc.is_main_process:
-            self.validation = self.source.validation(a.validation_tokens,
-                                                     a.splice_rows if self.language_model is not None else 0)
+            self.validation = self._screen_validation(self.source.validation(
+                a.validation_tokens, a.splice_rows if self.language_model is not None else 0))
         if a.report_to != "none":
             acc.init_trackers("hf_bae", config={k: v for k, v in self.run_options.items()
                                                 if isinstance(v, (int, float, str, bool))})
@@ -400,7 +464,7 @@ class DictionaryTrainer:
                 pass
         bar = tqdm(total=total, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
                    disable=not (a.progress and acc.is_main_process))
-        batches = self.source.batches(a.batch_size, self.data_state, self.data_tensors)
+        batches = self._screened(self.source.batches(a.batch_size, self.data_state, self.data_tensors))
         if self.resume_from is None and self.initialize:
             batches = self._initialize_from_data(batches)
         window_start, window_steps, self._tokens_per_s = time.perf_counter(), 0, 0.0
@@ -489,6 +553,13 @@ class DictionaryTrainer:
         acc = self.accelerator
         for e in self.entries:  # the saved (and in-memory) dictionaries read raw hidden states
             self._unwrap(e).fold_normalization()
+        skipped = {}
+        if self.args.skip_nonfinite_tokens:  # over all processes
+            count = torch.tensor(self.nonfinite_tokens_skipped, device=acc.device)
+            if acc.num_processes > 1:
+                count = acc.reduce(count, reduction="sum")
+            skipped = {"nonfinite_tokens_skipped": int(count),
+                       "validation_nonfinite_tokens_skipped": self.validation_nonfinite_tokens_skipped}
         if acc.is_main_process:
             for e in self.entries:
                 folder = self.output_dir / e.name
@@ -499,7 +570,7 @@ class DictionaryTrainer:
                 results = self.last_results.get(e.name, {})
                 frequencies = results.get("frequencies")
                 final = {k: v for k, v in results.items() if k != "frequencies"}
-                final.update({"step": self.step, "training_tokens": self.tokens})
+                final.update({"step": self.step, "training_tokens": self.tokens, **skipped})
                 (folder / EVAL_RESULTS_FILE).write_text(json.dumps(final, indent=2, default=checkpoints.json_default) + "\n")
                 if self.args.plots:
                     plot_dictionary_run(folder, frequencies=frequencies, dense_threshold=self.args.dense_threshold,

@@ -246,7 +246,8 @@ def test_a_run_recorded_under_the_old_option_names_still_resumes(tmp_path):
 
 def test_nan_loss_stops_with_a_checkpoint_naming_the_step(tmp_path):
     x = data(3000)
-    x[1234, 3] = float("nan")  # lands in one batch of the unshuffled stream: rows 1200..1299 = step 13
+    # Finite but overflowing (its square is inf in float32), so that the loss, not the data check, finds it.
+    x[1234, 3] = 1e30  # lands in one batch of the unshuffled stream: rows 1200..1299 = step 13
     with pytest.raises(NonFiniteLossError, match=r"bae, relu became NaN/inf at step 13.*step 12\) is saved"):
         Trainer(args_for(tmp_path), pair(), TensorSource({"x": x}, shuffle=False)).train()
     checkpoint = tmp_path / "checkpoints" / "checkpoint_00000012"
@@ -257,7 +258,7 @@ def test_nan_loss_stops_with_a_checkpoint_naming_the_step(tmp_path):
 
 def test_nan_found_between_sparse_checks_names_the_exact_step(tmp_path):
     x = data(3000)
-    x[1234, 3] = float("nan")
+    x[1234, 3] = 1e30  # finite, but its square overflows: the loss check finds it
     with pytest.raises(NonFiniteLossError, match="at step 13 \\(found at step 15; checks every 5"):
         Trainer(args_for(tmp_path, nan_check_every=5), pair(), TensorSource({"x": x}, shuffle=False)).train()
 

@@ -24,16 +24,36 @@ DICTIONARY_KINDS: dict[str, str] = {
 _SAE_KIND_ACTIVATION = {"relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "legacy_topk": "legacy_topk"}
 
 
+# A width for checking the options before the language model tells the real one: large enough that no
+# check depending on m (k <= m, auxk_k <= m) refuses what the real width would accept.
+UNKNOWN_WIDTH = 1 << 20
+
+
+def check_dictionary_options(kinds: list[str], dictionary: dict[str, Any], bae: dict[str, Any],
+                             sae: dict[str, Any]) -> None:
+    """Raise the config's ValueError for bad dictionary options (a NaN weight, ...) before any work: the
+    configs are built (no weights) at a placeholder width."""
+    for kind in kinds:
+        dictionary_config(kind, UNKNOWN_WIDTH, None, dictionary, bae, sae, {})
+
+
 def build_dictionary(kind: str, hidden_size: int, output_size: int | None, dictionary: dict[str, Any],
                      bae: dict[str, Any], sae: dict[str, Any], provenance: dict[str, Any]) -> DictionaryPreTrainedModel:
     """A fresh dictionary of `kind` (see `DICTIONARY_KINDS`) from the parsed option groups and the provenance."""
+    config = dictionary_config(kind, hidden_size, output_size, dictionary, bae, sae, provenance)
+    return (BinaryAutoencoder if isinstance(config, BAEConfig) else SparseAutoencoder)(config)
+
+
+def dictionary_config(kind: str, hidden_size: int, output_size: int | None, dictionary: dict[str, Any],
+                      bae: dict[str, Any], sae: dict[str, Any], provenance: dict[str, Any]) -> BAEConfig | SAEConfig:
+    """The config of a fresh dictionary of `kind` (see `build_dictionary`)."""
     if kind not in DICTIONARY_KINDS:
         raise ValueError(f"Unknown dictionary {kind!r}; choose from {', '.join(DICTIONARY_KINDS)}.")
     common = {**dictionary, **provenance, "hidden_size": hidden_size}
     if output_size is not None and output_size != hidden_size:
         common["output_size"] = output_size
     if kind == "bae":
-        return BinaryAutoencoder(BAEConfig(**common, **bae))
+        return BAEConfig(**common, **bae)
     options = dict(sae)
     if kind in _SAE_KIND_ACTIVATION:
         options["activation"] = _SAE_KIND_ACTIVATION[kind]
@@ -41,7 +61,7 @@ def build_dictionary(kind: str, hidden_size: int, output_size: int | None, dicti
         # Even when --l1_weight is given for the ReLU/JumpReLU SAEs trained beside it: TopK is sparse by
         # construction (as the original). SAEConfig's own default is 0 for topk, but a shared flag is not.
         options["l1_weight"] = 0.0
-    return SparseAutoencoder(SAEConfig(**common, **options))
+    return SAEConfig(**common, **options)
 
 
 def dictionaries_for_keys(keys: Mapping[str, str], hidden_sizes: Mapping[str, int], *, kind: str = "bae",

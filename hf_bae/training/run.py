@@ -22,7 +22,7 @@ from ..modeling_base import DictionaryPreTrainedModel
 from ..sources import ActivationSource
 from .arguments import BAEArguments, DictionaryArguments, SAEArguments, TrainingArguments
 from .checkpoints import check_output_dir
-from .factory import build_dictionary
+from .factory import build_dictionary, check_dictionary_options
 from .inputs import build_inputs
 from .loop import DictionaryTrainer, make_accelerator
 
@@ -54,6 +54,8 @@ def train(args: TrainingArguments, dictionary: Any = None, bae: Any = None, sae:
     bae = bae if bae is not None else BAEArguments()
     sae = sae if sae is not None else SAEArguments()
     check_output_dir(args)  # fail before loading anything
+    check_dictionary_options(args.dictionaries, dataclasses.asdict(dictionary), dataclasses.asdict(bae),
+                             dataclasses.asdict(sae))
     accelerator = make_accelerator(args)
     options = {**dataclasses.asdict(args), **dataclasses.asdict(dictionary), **dataclasses.asdict(bae),
                **dataclasses.asdict(sae), **(extra_options or {})}

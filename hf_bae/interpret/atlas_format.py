@@ -71,6 +71,8 @@ def save_atlas(dataset, info: AtlasInfo, path: str | os.PathLike) -> Path:
     if len(dataset) == 0:
         raise ValueError("The atlas is empty (no features): nothing to save.")
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"Cannot save the atlas to {path}: it is a file. Give a folder (new or an atlas to replace).")
     dataset.save_to_disk(str(path))
     save_atlas_info(info, path)
     return path

@@ -320,6 +320,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
     results: dict[int, FeatureResult] = {}
     explain_requests: list[ChatRequest] = []
     explain_rows: list[dict] = []
+    explained_by: dict[int, ChatRequest] = {}  # feature -> its explainer request
     for row in rows:
         f = int(row["feature"])
         if f not in chosen:
@@ -352,6 +353,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
             unusable.append(request)
             continue
         results[f] = FeatureResult(f, STATUS_NO_VERDICTS, explanation=explanation)
+        explained_by[f] = request
         for split, samples, offset in (("positive", tests, config.explain_samples), ("negative", negatives, 0)):
             for i, sample in enumerate(samples):
                 judge_requests.append(ChatRequest.from_messages(
@@ -377,6 +379,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
     if judge_unparseable:  # not one Yes or No: nothing was measured (see the module docstring)
         for f in set(vf):
             results[f].status = STATUS_JUDGE_UNPARSEABLE
+            unusable.append(explained_by[f])  # the same broken server explained it: ask again too
         vf, vs, va = [], [], []
     per = per_feature_scores(vf, vs, va)
     for f, p in per.items():

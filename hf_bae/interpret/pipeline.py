@@ -165,8 +165,7 @@ def settle_random_width(entries: list[LoadedDictionary], args: DictionarySelecti
     trained dictionary's, else 4 x the language model's hidden size (the original)."""
     width = atlas.random_features
     if width is None and args.config_path:
-        data = json.loads(Path(args.config_path).read_text())
-        width = data.get("latent_size") or data.get("expansion_factor", 4) * data["hidden_size"]
+        width = _config_width(Path(args.config_path))
     if width is None:
         width = next((e.dictionary.config.num_latents for e in entries if e.kind != "random"), None)
     if width is None and hidden_size is not None:
@@ -174,6 +173,20 @@ def settle_random_width(entries: list[LoadedDictionary], args: DictionarySelecti
     for e in entries:
         if e.kind == "random" and width:
             e.dictionary = RandomBaseline(int(width), atlas.seed)
+
+
+def _config_width(path: Path) -> int:
+    """The number of features of the dictionary config at `path` (--config_path); ValueError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config_path {path} is not a JSON config ({err}): give a dictionary's config.json.") from None
+    if not isinstance(data, dict) or not (data.get("latent_size") or data.get("hidden_size")):
+        raise ValueError(f"--config_path {path} gives no width: it needs latent_size, or hidden_size (and expansion_factor).")
+    width = data.get("latent_size") or data.get("expansion_factor", 4) * data["hidden_size"]
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"--config_path {path} gives {width!r} features: latent_size / hidden_size must be positive integers.")
+    return width
 
 
 def resolve_base_model(corpus: CorpusArguments, entries: list[LoadedDictionary]) -> tuple[str, str | None]:

@@ -42,13 +42,21 @@ class ResponseCache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ValueError(f"Cannot keep the response cache at {self.path}: a parent of it is a file, not a folder. "
+                             "Give another --cache path, or --no_cache.") from None
         self._local = threading.local()
-        with self._connect() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, backend TEXT, model TEXT, "
-                "request TEXT, text TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
-            )
+        try:
+            with self._connect() as conn:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, backend TEXT, model TEXT, "
+                    "request TEXT, text TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)"
+                )
+        except sqlite3.DatabaseError as err:  # not a database, a folder, or unwritable
+            raise ValueError(f"{self.path} cannot be used as the response cache ({err}): give another --cache path "
+                             "(a new file is created), or --no_cache.") from None
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

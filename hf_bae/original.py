@@ -74,8 +74,13 @@ def read_original_params(path: str | Path, *, allow_pickle: bool = False) -> dic
         if not isinstance(data, dict):
             raise ValueError(f"{path} holds {type(data).__name__}, not a dict of parameters.")
         return dict(data)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}): pass the run's experiment_params.txt "
+                         "as the original code wrote it (plain text), or its log .pkl with --allow_pickle.") from None
     params: dict[str, Any] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         key, sep, value = line.partition(":")

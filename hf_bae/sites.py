@@ -80,7 +80,10 @@ class Site:
                 f"Cannot read site {text!r}: write it as 'layers.<layer>.<site>' with <site> one of "
                 f"{', '.join(SITES)}, e.g. 'layers.5.resid_post'."
             ) from None
-        return cls(layer, name)
+        try:
+            return cls(layer, name)
+        except ValueError as error:  # say which of the user's sites it was
+            raise ValueError(f"Cannot read site {text!r}: {error}") from None
 
     def __str__(self) -> str:
         return hookpoint(self.layer, self.name)

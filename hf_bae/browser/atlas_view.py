@@ -114,6 +114,8 @@ class Atlas:
         """Load an atlas from a folder written by `save_to_disk` or from a Hub dataset repo id."""
         import datasets
 
+        from ..activations.paths import looks_like_local_path
+
         source = str(path_or_repo)
         path = Path(source).expanduser()
         if path.exists():
@@ -127,9 +129,15 @@ class Atlas:
                 dataset = dataset[next(iter(dataset))]
             info = read_atlas_info(path, required=False)
         else:
-            if source.startswith((".", "/", "~")) or source.count("/") > 1:
-                raise ValueError(f"Atlas folder {source} does not exist.")
-            dataset = datasets.load_dataset(source, split="train", revision=revision)
+            if looks_like_local_path(source):
+                raise FileNotFoundError(f"Atlas folder {source} does not exist: pass the folder written by `hf-bae atlas`.")
+            try:
+                dataset = datasets.load_dataset(source, split="train", revision=revision)
+            except (OSError, ValueError) as error:  # not found, or the Hub unreachable: it may be a mistyped folder
+                raise FileNotFoundError(
+                    f"Atlas {source} is no local folder, and no Hub dataset of that name could be loaded "
+                    f"({type(error).__name__}: {str(error)[:160]}). Pass the folder written by `hf-bae atlas`, or a Hub dataset id."
+                ) from error
             info = _read_info_hub(source, revision)
         return cls(dataset, info=info, name=name, source=source)
 

@@ -12,11 +12,12 @@ import torch
 from ..activations.language_models import model_name_of
 from ..sites import Site
 from .manifest import STORAGE_DTYPES, CacheManifest
-from .writer import ShardWriter, default_shard_tokens, open_for_writing
+from .writer import ShardWriter, default_shard_tokens, nothing_left_on_failure, open_for_writing
 
 __all__ = ["import_original_pickle"]
 
 
+@nothing_left_on_failure
 def import_original_pickle(
     pkl_path: "str | os.PathLike",
     cache_dir: "str | os.PathLike",
@@ -50,8 +51,14 @@ def import_original_pickle(
         )
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {', '.join(STORAGE_DTYPES)}.")
-    with open(pkl_path, "rb") as f:
-        data = pickle.load(f)  # noqa: S301 - explicitly allowed by the caller
+    if not pkl_path.is_file():
+        raise FileNotFoundError(f"Pickle {pkl_path} does not exist: pass the original code's feature .pkl (--from_pickle).")
+    try:
+        with open(pkl_path, "rb") as f:
+            data = pickle.load(f)  # noqa: S301 - explicitly allowed by the caller
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as error:
+        raise ValueError(f"Cannot unpickle {pkl_path} ({type(error).__name__}: {error}): it is truncated or not a "
+                         "pickle of the original code's feature set.") from error
     if not isinstance(data, (list, tuple)) or len(data) == 0:
         raise ValueError(f"{pkl_path} holds {type(data).__name__}, not a non-empty list of vectors.")
     if layer is not None:
@@ -75,10 +82,8 @@ def import_original_pickle(
     site = Site.parse(site)
     if len(data) == 0:
         raise ValueError(f"{pkl_path} holds no vectors at that layer.")
-    first = torch.as_tensor(data[0])
-    if first.dim() not in (1, 2):
-        raise ValueError(f"{pkl_path}: expected 1-D vectors, got items of shape {tuple(first.shape)}.")
-    d = first.shape[-1]
+    rows = _checked_rows(data, pkl_path)  # every item checked before anything is written
+    d = rows[0].shape[-1]
     key = str(site)
     manifest = CacheManifest(
         model=model_name_of(model_name) if model_name else None,
@@ -95,11 +100,7 @@ def import_original_pickle(
     per_shard = shard_tokens or default_shard_tokens(d * STORAGE_DTYPES[dtype].itemsize)
     pending: list[torch.Tensor] = []
     count = 0
-    for i, item in enumerate(data):
-        vec = torch.as_tensor(item).detach().to("cpu", torch.float32)
-        vec = vec[None] if vec.dim() == 1 else vec
-        if vec.dim() != 2 or vec.shape[-1] != d:
-            raise ValueError(f"Item {i} of {pkl_path} has shape {tuple(vec.shape)}; the first vector has width {d}.")
+    for vec in rows:
         pending.append(vec)
         count += vec.shape[0]
         while count >= per_shard:
@@ -112,6 +113,22 @@ def import_original_pickle(
     manifest.complete = True
     manifest.save(cache_dir)
     return manifest
+
+
+def _checked_rows(data: Sequence[Any], pkl_path: Path) -> list[torch.Tensor]:
+    """The items as `[n, d]` float32 tensors, all of the first item's width; an error names the first bad one."""
+    rows = []
+    for i, item in enumerate(data):
+        try:
+            vec = torch.as_tensor(item).detach().to("cpu", torch.float32)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"Item {i} of {pkl_path} is not a vector ({type(item).__name__}: {error}).") from error
+        vec = vec[None] if vec.dim() == 1 else vec
+        if vec.dim() != 2 or (rows and vec.shape[-1] != rows[0].shape[-1]):
+            expected = f"vectors of width {rows[0].shape[-1]}, as the first" if rows else "1-D vectors"
+            raise ValueError(f"Item {i} of {pkl_path} has shape {tuple(vec.shape)}: expected {expected}.")
+        rows.append(vec)
+    return rows
 
 
 def _is_layered(data: Sequence[Any]) -> bool:

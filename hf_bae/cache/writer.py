@@ -2,9 +2,10 @@
 at row boundaries, keeping the manifest in step (`ShardWriter`), so that an interrupted harvest resumes
 after its last complete shard (`open_for_writing`)."""
 
+import functools
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from ..activations.language_models import model_name_of, model_revision_of
 from ..activations.streaming import stream_activations, token_filter_description
 from ..formats import CACHE_MANIFEST_FILE
-from ..sites import Site, parse_sites
+from ..sites import Site, parse_sites, resolve_site_module
 from .manifest import STORAGE_DTYPES, CacheManifest, ShardInfo
 from .shards import TOKEN_KEYS, shard_name, shard_problem, validate_shards, write_shard
 
@@ -51,7 +52,13 @@ def open_for_writing(
     cache_dir: Path, manifest: CacheManifest, *, resume: bool, overwrite: bool, compare: Sequence[str]
 ) -> CacheManifest:
     """Start a new cache, or continue the one in `cache_dir` if it was made the same way."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache_dir, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as error:  # a file in the way, a read-only disk, no permission
+        raise ValueError(f"Cannot write a cache to {cache_dir} ({error.strerror or error}): choose a folder you can "
+                         "write to (--output_dir).") from error
     existing_path = cache_dir / CACHE_MANIFEST_FILE
     if existing_path.is_file() and overwrite:
         old = CacheManifest.load(cache_dir)
@@ -92,6 +99,27 @@ def open_for_writing(
     return manifest
 
 
+def nothing_left_on_failure(fn: Callable[..., CacheManifest]) -> Callable[..., CacheManifest]:
+    """Wrap a function writing a cache to its first argument so that, when it fails before writing any
+    shard into a folder that held no cache, it leaves nothing behind (no empty manifest, no new folder)."""
+
+    @functools.wraps(fn)
+    def wrapper(cache_dir: "str | os.PathLike", *args: Any, **kwargs: Any) -> CacheManifest:
+        path = Path(cache_dir)
+        existed, fresh = path.exists(), not (path / CACHE_MANIFEST_FILE).is_file()
+        try:
+            return fn(cache_dir, *args, **kwargs)
+        except BaseException:
+            if fresh and (path / CACHE_MANIFEST_FILE).is_file() and not any(path.glob("shard-*")):
+                (path / CACHE_MANIFEST_FILE).unlink()
+                if not existed and not any(path.iterdir()):
+                    path.rmdir()
+            raise
+
+    return wrapper
+
+
+@nothing_left_on_failure
 def harvest(
     cache_dir: "str | os.PathLike",
     model: torch.nn.Module,
@@ -141,6 +169,8 @@ def harvest(
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {', '.join(STORAGE_DTYPES)}.")
     sites = parse_sites(sites)
+    for site in sites:  # a layer out of range or a site the architecture lacks fails before anything is written
+        resolve_site_module(model, site)
     keys = [str(s) for s in sites]
     cache_dir = Path(cache_dir)
     name = model_name if model_name is not None else getattr(model, "name_or_path", None)

@@ -103,12 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     classes = [_SPECIFIC[name], SourceArguments, EstimatorArguments]
     if name != "estimate":
         classes += [TrainOptions, DictionaryArguments, BAEArguments]
-    parsed = parse(classes, rest, prog=f"hf-bae entropy {name}", description=_DESCRIPTIONS[name])
-    specific, source, est = parsed[:3]
-    train, dictionary, bae = parsed[3:] if name != "estimate" else (TrainOptions(), None, None)
     setup_logging()
 
     def run() -> int:
+        # parsed inside run_or_explain: an option out of range (--confidence 1.5) is one line, exit 2
+        parsed = parse(classes, rest, prog=f"hf-bae entropy {name}", description=_DESCRIPTIONS[name])
+        specific, source, est = parsed[:3]
+        train, dictionary, bae = parsed[3:] if name != "estimate" else (TrainOptions(), None, None)
         with warnings.catch_warnings():
             warnings.simplefilter("default")  # EntropyWarnings are printed once each, not raised
             return _run(name, source, est, train, dictionary, bae, specific)

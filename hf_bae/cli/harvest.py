@@ -11,6 +11,7 @@ Examples:
 Run the same command again after an interruption: it resumes after the last complete shard.
 """
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,10 +58,26 @@ class HarvestArguments:
     layer: int | None = option(None, "With --from_pickle of a layered file (the original's --layered_feature --layer): the layer to import.")
     model_name: str | None = option(None, "With --from_pickle: the model the vectors came from (recorded in the manifest).")
 
+    def __post_init__(self) -> None:
+        """Every check that needs no model or text, so a bad flag fails before minutes of loading."""
+        from ..sites import parse_sites
+
+        for flag in ("num_tokens", "context_length", "batch_size", "shard_tokens", "max_texts"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} must be at least 1, got {value}.")
+        if self.outlier_factor is not None and not (math.isfinite(self.outlier_factor) and self.outlier_factor > 0):
+            raise ValueError(f"--outlier_factor must be a positive number, got {self.outlier_factor}.")
+        if self.sites:
+            parse_sites(self.sites)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    (args,) = parse([HarvestArguments], argv, prog="hf-bae harvest", description=__doc__.split("\n\n")[0])
-    return run_or_explain("hf-bae harvest", lambda: _harvest(args))
+    def run() -> int:
+        (args,) = parse([HarvestArguments], argv, prog="hf-bae harvest", description=__doc__.split("\n\n")[0])
+        return _harvest(args)
+
+    return run_or_explain("hf-bae harvest", run)
 
 
 def _harvest(args: HarvestArguments) -> int:
@@ -90,11 +107,11 @@ def _harvest(args: HarvestArguments) -> int:
         from ..activations.texts import load_texts
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, tokenizer = load_language_model(args.base_model, revision=args.base_model_revision, dtype=args.base_model_dtype,
-                                               device=device)
-        texts = load_texts(
+        texts = load_texts(  # first: a missing or empty data file fails before the model loads
             args.dataset, args.split, args.text_column, config_name=args.dataset_config, max_texts=args.max_texts
         )
+        model, tokenizer = load_language_model(args.base_model, revision=args.base_model_revision, dtype=args.base_model_dtype,
+                                               device=device)
         manifest = harvest(
             args.output_dir,
             model,

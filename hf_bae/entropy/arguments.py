@@ -5,12 +5,29 @@ the data options load: the texts (`study_texts`) and the language model a study 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..arguments import base_model_dtype_option, base_model_option, base_model_revision_option
 from ..configuration import option
+
+
+def check_at_least(options: Any, minimum: int, *flags: str) -> None:
+    """Each named field of `options` (if set) is at least `minimum`; else a ValueError naming its flag."""
+    for flag in flags:
+        value = getattr(options, flag)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{flag} must be at least {minimum}, got {value}.")
+
+
+def check_finite(options: Any, *flags: str, positive: bool = False) -> None:
+    """Each named float field of `options` is finite (and > 0 with `positive`); else a ValueError naming its flag."""
+    for flag in flags:
+        value = getattr(options, flag)
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise ValueError(f"--{flag} must be a finite{' positive' if positive else ''} number, got {value}.")
 
 
 @dataclass
@@ -31,6 +48,11 @@ class SourceArguments:
     base_model_dtype: str | None = base_model_dtype_option()
     device: str | None = option(None, "Device (default: cuda if available, else cpu).")
 
+    def __post_init__(self) -> None:
+        """Checked when the flags are parsed, before any model or text is loaded."""
+        check_at_least(self, 2, "context_length")
+        check_at_least(self, 1, "lm_batch_size", "num_tokens")
+
 
 @dataclass
 class EstimatorArguments:
@@ -43,6 +65,12 @@ class EstimatorArguments:
     seed: int = option(0, "Seed of the bootstrap, of prompt sampling and of --train.")
     progress: bool = option(True, "Show progress bars (--no_progress hides them).")
 
+    def __post_init__(self) -> None:
+        """Checked when the flags are parsed, before any model or text is loaded."""
+        check_at_least(self, 0, "num_bootstrap", "min_samples")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"--confidence must be between 0 and 1 (e.g. 0.95), got {self.confidence}.")
+
 
 @dataclass
 class TrainOptions:
@@ -54,6 +82,12 @@ class TrainOptions:
     train_learning_rate: float = option(1e-3, "Learning rate of --train.")
     eval_texts: int = option(200, "With --train: the first this many texts are held out for evaluation; training reads "
                              "the texts after them.")
+
+    def __post_init__(self) -> None:
+        """Checked when the flags are parsed, before any model or text is loaded."""
+        check_at_least(self, 1, "train_steps", "train_batch_size")
+        check_at_least(self, 0, "eval_texts")
+        check_finite(self, "train_learning_rate", positive=True)
 
 
 @dataclass
@@ -78,6 +112,11 @@ class ICLArguments:
     max_shots: int = option(4, "Largest number of demonstrations K (curve over k = 0..K).")
     num_queries: int = option(64, "Queries per k (the same queries for every k).")
 
+    def __post_init__(self) -> None:
+        """Checked when the flags are parsed, before any model or text is loaded."""
+        check_at_least(self, 0, "max_shots", "layer")
+        check_at_least(self, 1, "num_queries")
+
 
 @dataclass
 class PositionsArguments:
@@ -87,6 +126,12 @@ class PositionsArguments:
     max_position: int = option(32, "Positions 1..max_position-1 of each document (position 0 is BOS).")
     position_step: int = option(1, "Evaluate every this-many positions.")
     num_rows: int = option(512, "Documents (rows) read; with --train, half train the per-position BAEs, half evaluate.")
+
+    def __post_init__(self) -> None:
+        """Checked when the flags are parsed, before any model or text is loaded."""
+        check_at_least(self, 0, "layer")
+        check_at_least(self, 2, "max_position", "num_rows")
+        check_at_least(self, 1, "position_step")
 
 
 @dataclass
@@ -98,6 +143,12 @@ class SteerArguments:
     num_features: int = option(20, "Features whose firing rate differs most between k-shot and 0-shot prompts.")
     strength: float = option(1.0, "Multiplier of both task vectors (the original script's default was 0.2).")
     rescale: bool = option(True, "Scale the BAE vector to the centroid difference's norm (--no_rescale: raw W_dec·s).")
+
+    def __post_init__(self) -> None:
+        """Checked when the flags are parsed, before any model or text is loaded."""
+        check_at_least(self, 0, "layer")
+        check_at_least(self, 1, "shots", "num_features")
+        check_finite(self, "strength")
 
 
 

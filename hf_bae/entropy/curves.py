@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .estimator import DEFAULT_MIN_SAMPLES, DEFAULT_NUM_BOOTSTRAP, EntropyAccumulator, EntropyReport
+from .estimator import DEFAULT_MIN_SAMPLES, DEFAULT_NUM_BOOTSTRAP, EntropyAccumulator, EntropyReport, check_confidence
 from .measure import check_bae_fits, encode_codes
 
 
@@ -34,6 +34,9 @@ def layer_entropy(language_model: Any, tokenizer: Any, texts: Iterable[str], bae
 
     if not baes:
         raise ValueError("No BAEs given: pass one per site, e.g. {'layers.3.resid_post': bae}.")
+    check_confidence(confidence)  # before the pass over the text, not after it
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be at least 1, got {num_tokens}.")
     for site, bae in baes.items():
         check_bae_fits(bae, language_model, site)
     accs = {site: EntropyAccumulator(b.config.num_codes, bits_per_feature=b.config.bits, num_bootstrap=num_bootstrap,

@@ -107,6 +107,12 @@ class EntropyReport:
                 f"{self.compressed_bits_per_sample:.1f} bits/sample)")
 
 
+def check_confidence(confidence: float) -> None:
+    """A confidence level is strictly between 0 and 1: checked before the work that the interval ends."""
+    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
+        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence!r}.")
+
+
 class EntropyAccumulator:
     """Streaming counts of binary codes, enough for `EntropyReport` (see the module docstring).
 
@@ -182,6 +188,7 @@ class EntropyAccumulator:
 
     def report(self, confidence: float = 0.95, min_samples: int = DEFAULT_MIN_SAMPLES) -> EntropyReport:
         """The estimates. Warns (`EntropyWarning`) when fewer than `min_samples` samples were seen."""
+        check_confidence(confidence)
         n = self.num_samples
         if n == 0:
             raise ValueError("No samples: the entropy of an empty set of codes is undefined. Give more text or prompts.")

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .estimator import (DEFAULT_CORRELATION_CODES, DEFAULT_MIN_SAMPLES, DEFAULT_NUM_BOOTSTRAP, EntropyAccumulator,
-                        EntropyReport)
+                        EntropyReport, check_confidence)
 
 
 def check_is_bae(model: Any) -> None:
@@ -90,6 +90,7 @@ def feature_set_entropy(model: Any, activations: Any, *, site: str | None = None
         >>> report.miller_madow_bits, (report.ci_low, report.ci_high)
     """
     check_is_bae(model)
+    check_confidence(confidence)  # before the pass over the activations, not after it
     c = model.config
     acc = EntropyAccumulator(c.num_codes, bits_per_feature=c.bits, num_bootstrap=num_bootstrap, seed=seed,
                              correlation_codes=correlation_codes)

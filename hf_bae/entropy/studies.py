@@ -14,6 +14,7 @@ With `--train` (`TrainOptions.train`) the BAEs are trained first and saved under
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -102,6 +103,14 @@ def _position_of(name: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # The studies
 # ---------------------------------------------------------------------------------------------
+def first_tokens(batch: Any, n: int) -> Any:
+    """An `ActivationBatch` holding only the first `n` kept tokens of `batch` (all of them if it has no more)."""
+    if n >= batch.num_tokens:
+        return batch
+    return dataclasses.replace(batch, activations={k: v[:n] for k, v in batch.activations.items()},
+                               row_index=batch.row_index[:n], positions=batch.positions[:n])
+
+
 def estimate_study(source: SourceArguments, est: EstimatorArguments, options: EstimateArguments) -> EntropyEstimate:
     """Entropy of `options.bae`'s codes over the first `source.num_tokens` tokens at its own site."""
     from ..activations import stream_activations
@@ -122,8 +131,9 @@ def estimate_study(source: SourceArguments, est: EstimatorArguments, options: Es
     def limited():
         seen = 0
         for batch in stream:
-            yield batch
-            seen += batch.num_tokens
+            take = min(batch.num_tokens, source.num_tokens - seen)  # the last batch is cut: exactly num_tokens
+            yield first_tokens(batch, take)
+            seen += take
             if seen >= source.num_tokens:
                 return
 

@@ -32,8 +32,9 @@ UNKNOWN_WIDTH = 1 << 20
 def check_dictionary_options(kinds: list[str], dictionary: dict[str, Any], bae: dict[str, Any],
                              sae: dict[str, Any]) -> None:
     """Raise the config's ValueError for bad dictionary options (a NaN weight, ...) before any work: the
-    configs are built (no weights) at a placeholder width."""
-    for kind in kinds:
+    configs are built (no weights) at a placeholder width. Both option groups are checked even when only
+    one kind trains: a NaN `--l1_weight` beside `--dictionaries bae` is a mistake, not an unused value."""
+    for kind in dict.fromkeys([*kinds, "bae", "sae"]):
         dictionary_config(kind, UNKNOWN_WIDTH, None, dictionary, bae, sae, {})
 
 

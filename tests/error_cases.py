@@ -1,4 +1,4 @@
-"""Shared by the table-driven bad-input tests (`tests/*/test_bad_inputs.py`): run an `hf-bae` command
+"""Shared by the table-driven bad-input tests (`tests/*/test_*_bad_inputs.py`): run an `hf-bae` command
 in-process and check that it failed the way `hf_bae.cli`'s exit-code policy says: the expected exit
 code, exactly one line on stderr that names the input, and no traceback."""
 

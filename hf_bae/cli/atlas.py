@@ -26,13 +26,13 @@ def main(argv: list[str]) -> int:
     from ..interpret.atlas_format import save_atlas
     from ..interpret.pipeline import CorpusArguments, DictionarySelection, build_or_reuse_atlases
 
-    corpus, dicts, atlas, output = parse(
-        [CorpusArguments, DictionarySelection, AtlasConfig, AtlasOutputArguments], argv, prog="hf-bae atlas",
-        description=__doc__,
-    )
-    setup_logging()
-
     def run() -> int:
+        # Parsed inside the error policy: the option dataclasses validate their values as they are built.
+        corpus, dicts, atlas, output = parse(
+            [CorpusArguments, DictionarySelection, AtlasConfig, AtlasOutputArguments], argv, prog="hf-bae atlas",
+            description=__doc__,
+        )
+        setup_logging()
         items = build_or_reuse_atlases(corpus, dicts, atlas)
         out = Path(output.output)
         for entry, dataset, info, _ in items:

@@ -34,13 +34,13 @@ def main(argv: list[str]) -> int:
     from ..interpret.client import LLMConfig
     from ..interpret.pipeline import CorpusArguments, DictionarySelection, run_interpret
 
-    corpus, dicts, atlas, llm, comsem, args = parse(
-        [CorpusArguments, DictionarySelection, AtlasConfig, LLMConfig, ComSemConfig, InterpretArguments], argv,
-        prog="hf-bae interpret", description=__doc__,
-    )
-    setup_logging()
-
     def run() -> int:
+        # Parsed inside the error policy: the option dataclasses validate their values as they are built.
+        corpus, dicts, atlas, llm, comsem, args = parse(
+            [CorpusArguments, DictionarySelection, AtlasConfig, LLMConfig, ComSemConfig, InterpretArguments], argv,
+            prog="hf-bae interpret", description=__doc__,
+        )
+        setup_logging()
         run_interpret(corpus, dicts, atlas, llm, comsem, args.output_dir, atlas_paths=args.atlas,
                       no_interpret=args.no_interpret)
         return 0

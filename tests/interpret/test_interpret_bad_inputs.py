@@ -103,17 +103,6 @@ def p(name: str) -> str:
     return str(ROOT["path"] / name)
 
 
-# `hf-bae interpret` parses its flags (where the option dataclasses validate) before `run_or_explain`, so
-# a bad value there is still a traceback: the fix is in hf_bae/cli/interpret.py (and atlas.py), to parse
-# inside the function given to run_or_explain, as cli/train.py does. The library raises the clear
-# ValueError already (see LIBRARY_CASES); remove this mark when the CLI change lands.
-PARSE_TIME = pytest.mark.xfail(strict=True, reason="cli/interpret.py parses outside run_or_explain")
-
-
-def parse_time(case: Case):
-    return pytest.param(case, marks=PARSE_TIME, id=case.name)
-
-
 CASES = [
     # every LLM call failed: nothing measured (exit 1), the line says of which kind and what to do
     Case("closed port", lambda: interpret(), EXIT_FAILURE, ("nothing was scored", "connection", "--base_url")),
@@ -126,16 +115,16 @@ CASES = [
          ("nothing was scored", "too few samples")),
     # errors every call would repeat, or bad values: exit 2
     Case("refused API key", lambda: interpret(server="401"), EXIT_USAGE, ("API key",)),
-    parse_time(Case("--base_url not a URL", lambda: interpret("--base_url", "localhost:8000"), EXIT_USAGE, ("--base_url", "localhost:8000"))),
-    parse_time(Case("--timeout 0", lambda: interpret("--timeout", "0"), EXIT_USAGE, ("--timeout",))),
-    parse_time(Case("--timeout nan", lambda: interpret("--timeout", "nan"), EXIT_USAGE, ("--timeout", "nan"))),
-    parse_time(Case("--concurrency 0", lambda: interpret("--concurrency", "0"), EXIT_USAGE, ("--concurrency",))),
-    parse_time(Case("--max_retries -1", lambda: interpret("--max_retries", "-1"), EXIT_USAGE, ("--max_retries",))),
-    parse_time(Case("--max_features 0", lambda: interpret("--max_features", "0"), EXIT_USAGE, ("max_features",))),
-    parse_time(Case("--threshold 1.5", lambda: interpret("--threshold", "1.5"), EXIT_USAGE, ("threshold", "1.5"))),
-    parse_time(Case("--threshold nan", lambda: interpret("--threshold", "nan"), EXIT_USAGE, ("threshold", "nan"))),
-    parse_time(Case("--explain_samples 0", lambda: interpret("--explain_samples", "0"), EXIT_USAGE, ("explain_samples",))),
-    parse_time(Case("--num_texts 0", lambda: interpret("--num_texts", "0"), EXIT_USAGE, ("num_texts",))),
+    Case("--base_url not a URL", lambda: interpret("--base_url", "localhost:8000"), EXIT_USAGE, ("--base_url", "localhost:8000")),
+    Case("--timeout 0", lambda: interpret("--timeout", "0"), EXIT_USAGE, ("--timeout",)),
+    Case("--timeout nan", lambda: interpret("--timeout", "nan"), EXIT_USAGE, ("--timeout", "nan")),
+    Case("--concurrency 0", lambda: interpret("--concurrency", "0"), EXIT_USAGE, ("--concurrency",)),
+    Case("--max_retries -1", lambda: interpret("--max_retries", "-1"), EXIT_USAGE, ("--max_retries",)),
+    Case("--max_features 0", lambda: interpret("--max_features", "0"), EXIT_USAGE, ("max_features",)),
+    Case("--threshold 1.5", lambda: interpret("--threshold", "1.5"), EXIT_USAGE, ("threshold", "1.5")),
+    Case("--threshold nan", lambda: interpret("--threshold", "nan"), EXIT_USAGE, ("threshold", "nan")),
+    Case("--explain_samples 0", lambda: interpret("--explain_samples", "0"), EXIT_USAGE, ("explain_samples",)),
+    Case("--num_texts 0", lambda: interpret("--num_texts", "0"), EXIT_USAGE, ("num_texts",)),
     Case("missing atlas folder", lambda: interpret("--atlas", p("no-atlas"), atlas=False), EXIT_USAGE, ("no-atlas",)),
     Case("atlas is not an atlas", lambda: interpret("--atlas", p("bae"), atlas=False), EXIT_USAGE, ("bae",)),
     Case("atlas of another dictionary", lambda: interpret("--dictionary", p("topk")), EXIT_USAGE, ("another dictionary",)),

@@ -4,8 +4,14 @@ A run streams texts through the language model (`hf_bae.activations`), encodes t
 the dictionary, scores every feature on every token (`atlas_scoring`), and lets each token join the
 sample list of its `top_k` features (the paper's per-token quota; `atlas_samples`). It also records
 each feature's firing frequency and dead/dense flags (`hf_bae.metrics.FeatureStats`) and a few
-contexts where it does not fire. The result is a `datasets.Dataset` and an `AtlasInfo`
-(`atlas_format` saves and loads them).
+contexts where it is in its usual state (`non_activating`). The result is a `datasets.Dataset` and an
+`AtlasInfo` (`atlas_format` saves and loads them).
+
+Samples are *events* (`atlas_scoring`): tokens where an SAE latent or a usually-off BAE code fires
+(event "on"), or where a usually-on BAE code switches off (event "off"); a BAE sample is always an
+event, and the negatives are tokens in the feature's usual state. Each row also stores the feature's
+logit effects (`logit_effects`: W_U · d_j through the language model's unembedding), so that readers
+need no language model for them.
 
 Because the BAE score (and the rescaled SAE score) needs corpus means, such runs make two passes:
 the first gathers statistics and keeps the activations in memory within `cache_activations_gb`,
@@ -31,6 +37,7 @@ from ..modeling_base import config_hash
 from .atlas_format import atlas_features
 from .atlas_samples import ContextBuilder, NegativeSampler, SampleSelector
 from .atlas_scoring import FeatureScorer, dictionary_fingerprint, score_definition, top_k_features
+from .logit_effects import dictionary_logit_effects, logit_effects_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +66,9 @@ class AtlasConfig:
     )
     active_only: bool = option(
         False,
-        "Only let a token join features that fire on it. The paper's quota also hands tokens to features that are off "
-        "(dense BAE features in their rare off state; SAE zeros when fewer than top_k latents fire).",
+        "Only let a token join features that are in their event state on it (an SAE latent firing, a BAE code deviating "
+        "from its usual state). Without it the paper's quota also hands SAE zeros to tokens on which fewer than top_k "
+        "latents fire; a BAE sample is always an event (its off state for a usually-on code).",
     )
     max_context_tokens: int | None = option(
         None, "Cut each sample's context to this many tokens either side of the token (None = the whole document stretch of its row)."
@@ -73,6 +81,9 @@ class AtlasConfig:
     cache_activations_gb: float = option(
         2.0, "Activations kept in memory between the two passes (BAE, rescaled SAE); beyond it the texts are streamed twice."
     )
+    logit_effects_k: int = option(
+        10, "Top promoted and suppressed tokens stored per feature (W_U · decoder direction, the `logit_effects` column); 0 = none."
+    )
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -80,6 +91,8 @@ class AtlasConfig:
         for name in ("top_k", "samples_per_feature"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.logit_effects_k < 0:
+            raise ValueError(f"logit_effects_k must be >= 0, got {self.logit_effects_k}.")
         if self.num_non_activating < 0:
             raise ValueError(f"num_non_activating must be >= 0, got {self.num_non_activating}.")
         if self.max_context_tokens is not None and self.max_context_tokens < 0:
@@ -179,22 +192,27 @@ def build_atlases(
         acts = {s: batch.activations[s] for s in sites}
         for scorer, selector, neg in zip(scorers, selectors, negatives):
             primary, tie, fired, value = scorer.score(acts, n)
-            if config.active_only and fired is not None:
-                primary = primary.masked_fill(~fired, -math.inf)
+            event = scorer.events(value, fired) if fired is not None else None
+            if config.active_only and event is not None:
+                primary = primary.masked_fill(~event, -math.inf)
             top = top_k_features(primary, config.top_k, tie)
             picked = torch.zeros_like(primary, dtype=torch.bool).scatter_(1, top, True)
-            if config.active_only and fired is not None:
-                picked &= fired
-            if fired is None:  # random: "fires" = picked
-                fired = picked
-                scorer.stats.update(fired)
-            tok_idx, feat_idx = picked.nonzero(as_tuple=True)
+            if config.active_only and event is not None:
+                picked &= event
+            if event is None:  # random: "fires" = picked
+                event = picked
+                scorer.stats.update(picked)
+            selector.count(picked.sum(0).numpy())
+            # A deviation feature's sample is always an event: a pick in its usual state shows nothing.
+            kept = picked & event if scorer.samples_are_events else picked
+            tok_idx, feat_idx = kept.nonzero(as_tuple=True)
             selector.add(
                 feat_idx.numpy(), seq[tok_idx].numpy(), primary[tok_idx, feat_idx].double().numpy(),
                 (tie[tok_idx, feat_idx] if tie is not None else torch.zeros(len(tok_idx))).double().numpy(),
-                value[tok_idx, feat_idx].double().numpy(),
+                value[tok_idx, feat_idx].double().numpy(), count=False,
             )
-            neg.add(~(fired | picked), seq)
+            # Negatives: the usual state (off, or on for a usually-on BAE code), never a pick.
+            neg.add(~(event | picked), seq, None if scorer.kind == "random" else value)
         del batch
     if num_tokens == 0:
         raise ValueError("The corpus gave no tokens: check the dataset, split and text column.")
@@ -212,13 +230,20 @@ def build_atlases(
         dense = scorer.stats.dense_mask(config.dense_threshold)
         records = []
         kept = selector.per_feature()
+        events = scorer.event_labels()
+        effects = dictionary_logit_effects(dictionary, model, tokenizer, config.logit_effects_k)
+        logit_meta = {"k": config.logit_effects_k, "computed": effects is not None,
+                      "definition": "W_U · d_j: the unembedding times the feature's decoder direction in raw residual units"}
+        if effects is None:
+            logit_meta["reason"] = logit_effects_unavailable(dictionary, model, config.logit_effects_k)
         for j in tqdm(range(scorer.num_features), desc=f"atlas ({scorer.kind})", unit="feature", disable=not progress):
             k = kept[j]
             samples = [contexts.record(q, s, a) for q, s, a in zip(k["seq"], k["score"], k["activation"])]
-            non_act = [contexts.record(q, 0.0, 0.0) for q in neg.per_feature(j)]
+            non_act = [contexts.record(q, 0.0, v) for q, v in neg.per_feature_values(j)]
             records.append({
                 "feature": j, "frequency": float(freq[j]), "is_dead": bool(dead[j]), "is_dense": bool(dense[j]),
                 "selection_count": int(selector.selection_count[j]), "samples": samples, "non_activating": non_act,
+                "event": events[j], "logit_effects": effects[j] if effects is not None else None,
                 "explanation": None, "comsem_score": None, "verdicts": [], "comsem_status": None,
                 "balanced_accuracy": None, "judge_failures": 0,
             })
@@ -254,8 +279,10 @@ def build_atlases(
             dead_features=int(dead.sum()),
             dense_features=int(dense.sum()),
             created=time.time(),
-            extra={k: v for k, v in base_source.items()
-                   if k not in ("base_model", "base_model_revision", "dataset", "split", "num_texts")},
+            extra={**{k: v for k, v in base_source.items()
+                      if k not in ("base_model", "base_model_revision", "dataset", "split", "num_texts")},
+                   "logit_effects": logit_meta,
+                   "usually_on_features": sum(e == "off" for e in events)},
         )
         out.append((dataset, info))
     return out

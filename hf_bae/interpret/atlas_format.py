@@ -17,8 +17,16 @@ it holds the run's metadata, `AtlasInfo`):
   context text) —, score (float: the selection score above), activation (float: the code or
   latent value), row (int) and row_position (int): where the token sits in the packed corpus}.
 - non_activating (list, same struct): up to `num_non_activating` tokens, uniformly sampled
-  (seeded), where the feature neither fires nor was picked; used by the beyond-paper
-  specificity test.
+  (seeded), where the feature is in its usual state (does not fire; is on for event "off") and
+  was not picked; used by the beyond-paper specificity test. Their `activation` is the feature's
+  value there.
+- event (str | None): what the samples show: "on" (tokens where the feature fires: SAE latents,
+  usually-off BAE codes) or "off" (a usually-on BAE code: tokens where it switches off; its
+  non_activating samples are then tokens in its usual state, on); None for the random baseline
+  (`atlas_scoring`). Atlases written before this column have none: read it as "on".
+- logit_effects ({promoted, suppressed} | None): the top tokens of W_U · d_j, each list of
+  {token (str), token_id (int), value (float)} (`logit_effects`); None when not computable (random
+  baseline, transcoder, a width other than the unembedding's). Older atlases have no such column.
 - explanation (str | None), comsem_score (float | None), verdicts (list of {sample_index (int),
   split ("positive" | "negative"), answer ("yes" | "no" | "unparseable")}): empty until
   `hf-bae interpret` fills them; sample_index indexes `samples` (positive) or `non_activating`
@@ -49,6 +57,7 @@ def atlas_features():
         "row": datasets.Value("int64"), "row_position": datasets.Value("int64"),
     }
     verdict = {"sample_index": datasets.Value("int64"), "split": datasets.Value("string"), "answer": datasets.Value("string")}
+    effect = {"token": datasets.Value("string"), "token_id": datasets.Value("int64"), "value": datasets.Value("float64")}
     return datasets.Features({
         "feature": datasets.Value("int64"),
         "frequency": datasets.Value("float64"),
@@ -57,6 +66,8 @@ def atlas_features():
         "selection_count": datasets.Value("int64"),
         "samples": datasets.List(sample),
         "non_activating": datasets.List(sample),
+        "event": datasets.Value("string"),
+        "logit_effects": {"promoted": datasets.List(effect), "suppressed": datasets.List(effect)},
         "explanation": datasets.Value("string"),
         "comsem_score": datasets.Value("float64"),
         "verdicts": datasets.List(verdict),
@@ -89,7 +100,33 @@ def load_atlas(path: str | os.PathLike):
     dataset = datasets.load_from_disk(str(path)) if state.get("_data_files", [None]) else []
     if len(dataset) == 0:
         raise ValueError(f"The atlas at {path} is empty (no features): rebuild it with `hf-bae atlas` over a non-empty corpus.")
-    return dataset, info
+    return with_current_columns(dataset), info
+
+
+# Columns added to the schema after atlases were first written, with the value an older atlas reads as.
+ADDED_COLUMNS = ("event", "logit_effects")
+
+
+def atlas_from_rows(rows: list[dict[str, Any]]):
+    """A `datasets.Dataset` in the atlas schema from row dicts (hand-made atlases, tests); the columns added
+    after the first atlases (`ADDED_COLUMNS`) may be left out of the rows: they are None."""
+    import datasets
+
+    rows = [{**{c: None for c in ADDED_COLUMNS}, **r} for r in rows]
+    return datasets.Dataset.from_list(rows, features=atlas_features())
+
+
+def with_current_columns(dataset):
+    """`dataset` with the columns an older atlas lacks (`ADDED_COLUMNS`) added as None, so that it has the
+    current schema (`atlas_features`) and everything that writes results back into it works unchanged.
+    An old atlas's `event` stays None: it was built before events were recorded (read it as "on")."""
+    missing = [c for c in ADDED_COLUMNS if c not in dataset.column_names]
+    if not missing:
+        return dataset
+    features = atlas_features()
+    for column in missing:
+        dataset = dataset.add_column(column, [None] * len(dataset), feature=features[column])
+    return dataset
 
 
 def check_atlas_matches(info: AtlasInfo, dictionary: Any, atlas_path: str | os.PathLike = "the atlas") -> None:

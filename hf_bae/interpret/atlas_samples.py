@@ -1,6 +1,6 @@
 """Which samples an atlas keeps, as state over the activation stream: per feature the first
 (corpus order, the paper's) or best-scoring samples (`SampleSelector`), a uniform sample of tokens
-where it does not fire (`NegativeSampler`), and the sample records with their contexts
+in its usual state (`NegativeSampler`: where it does not fire, or is on for a usually-on BAE code), and the sample records with their contexts
 (`ContextBuilder`).
 
 The sample unit is a token in its context. Texts are packed into rows of `context_length` tokens
@@ -30,8 +30,15 @@ class SampleSelector:
             "tie": np.empty(0, np.float64), "activation": np.empty(0, np.float64),
         }
 
-    def add(self, feature: np.ndarray, seq: np.ndarray, score: np.ndarray, tie: np.ndarray, activation: np.ndarray) -> None:
-        self.selection_count += np.bincount(feature, minlength=self.num_features)
+    def count(self, picks: np.ndarray) -> None:
+        """Add `[m]` per-feature pick counts to `selection_count` (when not every pick is kept as a sample)."""
+        self.selection_count += picks.astype(np.int64)
+
+    def add(self, feature: np.ndarray, seq: np.ndarray, score: np.ndarray, tie: np.ndarray, activation: np.ndarray,
+            count: bool = True) -> None:
+        """Offer samples (one entry per (token, feature)); `count` adds them to `selection_count` too."""
+        if count:
+            self.selection_count += np.bincount(feature, minlength=self.num_features)
         new = {"feature": feature, "seq": seq, "score": score, "tie": tie, "activation": activation}
         if self.mode == "corpus":
             # Samples arrive in corpus order: a full feature keeps what it has.
@@ -63,23 +70,35 @@ class NegativeSampler:
         self._gen = torch.Generator().manual_seed(seed + 1)
         self.keys = torch.full((capacity, num_features), math.inf)
         self.seqs = torch.full((capacity, num_features), -1, dtype=torch.int64)
+        self.values = torch.zeros((capacity, num_features), dtype=torch.float64)
 
-    def add(self, eligible: torch.Tensor, seq: torch.Tensor) -> None:
+    def add(self, eligible: torch.Tensor, seq: torch.Tensor, values: torch.Tensor | None = None) -> None:
+        """Offer a batch: `eligible` `[n, m]`, the tokens' `seq` ids `[n]` and their feature values `[n, m]`
+        (recorded as the negatives' activation: 1 for a usually-on BAE code in its usual state)."""
         if self.capacity == 0:
             return
         n, m = eligible.shape
         keys = torch.rand(n, m, generator=self._gen).masked_fill_(~eligible, math.inf)
         best = torch.cat([self.keys, keys]).topk(self.capacity, dim=0, largest=False)
         idx = best.indices  # < capacity: a kept sample; else a token of this batch
+        new = idx >= self.capacity
         old = self.seqs.gather(0, idx.clamp(max=self.capacity - 1))
-        self.seqs = torch.where(idx < self.capacity, old, seq[(idx - self.capacity).clamp(min=0)])
+        batch_idx = (idx - self.capacity).clamp(min=0)
+        self.seqs = torch.where(new, seq[batch_idx], old)
+        old_values = self.values.gather(0, idx.clamp(max=self.capacity - 1))
+        new_values = values.double().gather(0, batch_idx) if values is not None else torch.zeros_like(old_values)
+        self.values = torch.where(new, new_values, old_values)
         self.keys = best.values
 
-    def per_feature(self, j: int) -> list[int]:
+    def per_feature_values(self, j: int) -> list[tuple[int, float]]:
+        """Feature j's negatives as (seq id, value), in corpus order."""
         if self.capacity == 0:
             return []
         ok = torch.isfinite(self.keys[:, j])
-        return sorted(self.seqs[ok, j].tolist())
+        return sorted(zip(self.seqs[ok, j].tolist(), self.values[ok, j].tolist()))
+
+    def per_feature(self, j: int) -> list[int]:
+        return [q for q, _ in self.per_feature_values(j)]
 
 
 def common_prefix_length(a: str, b: str) -> int:

@@ -14,6 +14,18 @@ identity, and the per-token feature scores (the paper's, `util/interp_score.py` 
 
 The BAE score (and the rescaled SAE score) needs corpus means: `FeatureScorer` gathers them in a
 first pass (`observe`, `finish_first_pass`) before it scores (`score`).
+
+Events. What a feature's samples show is its *event* (`FeatureScorer.events` / `event_labels`, the atlas's `event` column):
+
+- SAE / transcoder latents and usually-off BAE codes: "on", the tokens where the feature fires;
+- a usually-on BAE code (mean value > 0.5 over the corpus, e.g. 1,311 of 2,304 codes of the demo BAE):
+  "off", the tokens where it switches off. Its deviation score is largest exactly there, and its
+  negatives are tokens in its usual state (on), so the specificity test contrasts the two states.
+- Multi-bit BAE features (values in [0, 1]): the usual state is given by the mean value the same way
+  (usually on when mean > 0.5), and the event is a deviation from it: a value above the mean for a
+  usually-off feature ("on": it rises), below the mean for a usually-on one ("off": it drops). For
+  1-bit codes this is exactly code 1 vs code 0.
+- random: None; its "event" is being picked.
 """
 
 from __future__ import annotations
@@ -151,9 +163,39 @@ class FeatureScorer:
             primary = values
         return primary, tie, fired, values
 
+    @property
+    def samples_are_events(self) -> bool:
+        """Whether every kept sample must be an event (deviation scorers: a BAE token in its usual state
+        has nothing to explain, so the quota's picks there are not kept as samples)."""
+        return self.kind != "random" and bool(self.dictionary.score_is_deviation)
+
+    def events(self, values: torch.Tensor, fired: torch.Tensor) -> torch.Tensor:
+        """`[n, m]` bool: where each feature is in its event state (see the module docstring)."""
+        if not self.samples_are_events:
+            return fired
+        mean = self.mean.to(torch.float64)
+        v = values.to(torch.float64)
+        return torch.where(self.usually_on, v < mean, v > mean)
+
+    @property
+    def usually_on(self) -> torch.Tensor:
+        """`[m]` bool: deviation features whose mean value exceeds 0.5 (their event is switching off)."""
+        if self.mean is None:
+            return torch.zeros(self.num_features, dtype=torch.bool)
+        return self.mean > 0.5
+
+    def event_labels(self) -> list[str | None]:
+        """Per feature, what its samples show: "on", "off" (a usually-on BAE code) or None (random)."""
+        if self.kind == "random":
+            return [None] * self.num_features
+        if not self.samples_are_events:
+            return ["on"] * self.num_features
+        return ["off" if on else "on" for on in self.usually_on.tolist()]
+
 
 _SCORE_DEFINITIONS = {
-    "BAE": "|code - mean code| (the paper's deviation from the usual state), ties by |pre-step logit|",
+    "BAE": "|code - mean code| (the paper's deviation from the usual state), ties by |pre-step logit|; samples are "
+           "deviation events (code on for a usually-off code, off for a usually-on one), negatives the usual state",
     "SAE": "latent value, ties by pre-activation",
     "SAE_rescaled": "(latent - mean) / (std + 1e-6) per latent, ties by pre-activation",
     "random": "i.i.d. N(0, 1)",

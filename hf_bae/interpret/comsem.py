@@ -25,6 +25,13 @@ Fixes and additions (labelled as such in every summary):
   paper's score. The paper's score is unchanged by this.
 - The paper gives no score threshold for calling a feature interpretable; `threshold` (default 0.5)
   is ours and is always reported with the count.
+- Interpretable by balanced accuracy (`interpretable_count_balanced_accuracy`): balanced accuracy
+  >= `balanced_accuracy_threshold` = 0.6, which must be strictly above chance (0.5). An explanation
+  the judge accepts on everything ("any word": score 1, specificity 0) has balanced accuracy exactly
+  0.5 and never counts; with 8 positives and 8 negatives, 0.6 asks for at least two more right
+  answers than chance (e.g. 8/8 Yes and 2/8 No, or 6/8 and 4/8) rather than a single one (0.5625).
+- Events: a usually-on BAE code's samples are tokens where it switches off (`event` "off" in the
+  atlas) and its negatives are tokens where it is on; both prompts say so (`prompts.EVENT_NOTES`).
 - A judge whose every answer in a run is unparseable is not answering the protocol (a base model, a
   wrong chat template, a server answering garbage): its verdicts score nothing (status
   "judge_unparseable") rather than 0 for every feature. When a run scores nothing, the unusable
@@ -63,6 +70,17 @@ STATUS_JUDGE_UNPARSEABLE = "judge_unparseable"  # the judge answered, but never 
 STATUS_NOT_SELECTED = "not_selected"  # outside --max_features
 STATUS_PENDING = "pending"  # the explainer call was not made (dry run, or --max_calls reached): a rerun makes it
 
+CHANCE = 0.5  # the balanced accuracy of a judge that ignores the explanation (always Yes, always No, a coin)
+BALANCED_ACCURACY_THRESHOLD = 0.6  # interpretable by balanced accuracy: >= this, strictly above CHANCE
+
+
+def check_balanced_accuracy_threshold(value: float) -> float:
+    """`value` if it is a valid balanced-accuracy threshold (in (0.5, 1]), else a ValueError saying why."""
+    if not isinstance(value, (int, float)) or not CHANCE < value <= 1.0:
+        raise ValueError(f"balanced_accuracy_threshold must be above chance (0.5) and at most 1, got {value!r}: at 0.5 an "
+                         "explanation judged Yes on everything would count as interpretable. The default is 0.6.")
+    return float(value)
+
 
 
 
@@ -81,6 +99,10 @@ class ComSemConfig:
     )
     threshold: float = option(
         0.5, "A feature counts as interpretable when its ComSem score is >= this (the paper states no threshold; this one is ours)."
+    )
+    balanced_accuracy_threshold: float = option(
+        BALANCED_ACCURACY_THRESHOLD, "Beyond the paper: a feature counts as interpretable by balanced accuracy when it is >= this, "
+        "which must be above chance (0.5), so that an explanation judged Yes on everything (exactly 0.5) never counts.",
     )
     max_features: int | None = option(
         None, "Interpret a random sample of this many features (seeded by --features_seed; the same subset for every dictionary of equal width). None = all."
@@ -103,6 +125,7 @@ class ComSemConfig:
             raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}.")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}.")
+        check_balanced_accuracy_threshold(self.balanced_accuracy_threshold)
         if self.max_features is not None and self.max_features < 1:
             raise ValueError(f"max_features must be >= 1 or None, got {self.max_features}.")
 
@@ -196,6 +219,7 @@ def summarize_verdicts(
     num_features: int | None = None,
     threshold: float = 0.5,
     num_bins: int = 10,
+    balanced_accuracy_threshold: float = BALANCED_ACCURACY_THRESHOLD,
 ) -> dict[str, Any]:
     """The ComSem summary of a set of judge verdicts.
 
@@ -208,18 +232,21 @@ def summarize_verdicts(
             otherwise over the scored ones.
         threshold: a feature with score >= threshold is interpretable.
         num_bins: bins of the score histogram on [0, 1].
+        balanced_accuracy_threshold: a feature with balanced accuracy >= this is interpretable by
+            balanced accuracy; it must be strictly above chance (0.5), default 0.6.
 
     Returns:
         comsem_score (mean of per-feature Yes fractions on positives: the paper's score),
         features_scored, interpretable_count, interpretable_fraction, threshold, histogram,
         unparseable (answers), verdicts, and `beyond_paper` = {features_with_negatives,
-        specificity, balanced_accuracy, precision, interpretable_count_balanced_accuracy} (None
-        values when no negatives were judged).
+        specificity, balanced_accuracy, precision, interpretable_count_balanced_accuracy,
+        balanced_accuracy_threshold} (None values when no negatives were judged).
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
+    check_balanced_accuracy_threshold(balanced_accuracy_threshold)
     per = per_feature_scores(features, splits, answers)
     scores = [p["score"] for p in per.values() if p["score"] is not None]
     if num_features is not None and num_features < len(per):
@@ -244,7 +271,8 @@ def summarize_verdicts(
             "specificity": _mean(spec),
             "balanced_accuracy": _mean(bal),
             "precision": _mean(prec),
-            "interpretable_count_balanced_accuracy": sum(b >= threshold for b in bal),
+            "interpretable_count_balanced_accuracy": sum(b >= balanced_accuracy_threshold for b in bal),
+            "balanced_accuracy_threshold": balanced_accuracy_threshold,
         },
     }
 
@@ -316,7 +344,8 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
         raise ValueError(f"This is not a feature atlas: columns {sorted(missing)} are missing. Build one with `hf-bae atlas`.")
     n = len(atlas)
     chosen = set(select_features(n, config.max_features, config.features_seed))
-    rows = atlas.select_columns(["feature", "samples", "non_activating"])
+    # Atlases written before events were recorded have no `event` column: their samples are "on" events.
+    rows = atlas.select_columns(["feature", "samples", "non_activating"] + (["event"] if "event" in atlas.column_names else []))
     results: dict[int, FeatureResult] = {}
     explain_requests: list[ChatRequest] = []
     explain_rows: list[dict] = []
@@ -328,7 +357,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
         elif len(row["samples"]) < config.explain_samples + 1:
             results[f] = FeatureResult(f, STATUS_TOO_FEW)
         else:
-            messages = explain_prompt([_triple(s) for s in row["samples"][: config.explain_samples]])
+            messages = explain_prompt([_triple(s) for s in row["samples"][: config.explain_samples]], row.get("event"))
             explain_requests.append(ChatRequest.from_messages(messages, max_tokens=config.explain_max_tokens,
                                                               temperature=config.temperature))
             explain_rows.append(row)
@@ -357,7 +386,7 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
         for split, samples, offset in (("positive", tests, config.explain_samples), ("negative", negatives, 0)):
             for i, sample in enumerate(samples):
                 judge_requests.append(ChatRequest.from_messages(
-                    judge_prompt(_triple(sample), explanation), max_tokens=config.judge_max_tokens,
+                    judge_prompt(_triple(sample), explanation, row.get("event")), max_tokens=config.judge_max_tokens,
                     temperature=config.temperature))
                 judge_meta.append((f, offset + i, split))
 
@@ -388,7 +417,8 @@ def run_comsem(atlas, client: LLMClient, config: ComSemConfig | None = None, pro
         if p["score"] is not None:
             r.status = STATUS_SCORED
     # Features that were explained but whose positives all failed stay "no_verdicts".
-    summary = summarize_verdicts(vf, vs, va, num_features=len(chosen), threshold=config.threshold)
+    summary = summarize_verdicts(vf, vs, va, num_features=len(chosen), threshold=config.threshold,
+                                 balanced_accuracy_threshold=config.balanced_accuracy_threshold)
     ordered = [results[f] for f in sorted(results)]
     run = ComSemRun(results=ordered, summary=summary, ledger=client.ledger.to_dict(), dry_run=client.dry_run)
     summary["features_selected"] = len(chosen)

@@ -5,6 +5,11 @@ contexts (never activation values) and names the most specific category they sha
 sees one token in context and a candidate description and answers Yes or No. The sample line
 format (`Token: "…" at position N in sentence: "…"`) is the original's, so scores stay comparable;
 the instructions and every example below are our own.
+
+Events (`hf_bae.interpret.atlas_scoring`): a feature's samples show its event, "on" (tokens where it
+fires: SAE latents, usually-off BAE codes) or "off" (a usually-on BAE code: tokens where it switches
+off). For "on" the prompts are the protocol's, unchanged. For "off" both prompts say so in the final
+message (`EVENT_NOTES`), so that neither model reads the named token as where the feature fires.
 """
 
 from __future__ import annotations
@@ -137,6 +142,28 @@ JUDGE_EXAMPLES: list[tuple[str, int, str, str, str]] = [
 ]
 
 
+EVENTS = ("on", "off")
+
+# What the final message adds for each event (nothing for "on": the protocol as published).
+EVENT_NOTES = {
+    "on": "",
+    "off": ("These tokens are where a feature switches OFF: it is on almost everywhere else, and the token named on "
+            "each line is where it is off. Name what these tokens share."),
+}
+JUDGE_EVENT_NOTES = {
+    "on": "",
+    "off": ("The description names the tokens where a feature switches OFF (it is on almost everywhere else). "
+            "Answer whether it fits this token."),
+}
+
+
+def _event_note(notes: dict[str, str], event: str | None) -> str:
+    event = event or "on"  # atlases written before events were recorded: their samples are where features fire
+    if event not in EVENTS:
+        raise ValueError(f"event must be one of {EVENTS} or None, got {event!r}.")
+    return notes[event]
+
+
 def display_token(token: str) -> str:
     """A token as shown in prompts: surrounding whitespace removed, whitespace-only tokens escaped ("\\n")."""
     stripped = token.strip()
@@ -151,8 +178,9 @@ def sample_line(token: str, position: int, context: str) -> str:
     return f'Token: "{display_token(token)}" at position {position} in sentence: "{context}"'
 
 
-def explain_prompt(samples: list[tuple[str, int, str]]) -> list[dict[str, str]]:
-    """Chat messages asking for the commonality of `samples` ((token, position, context) triples).
+def explain_prompt(samples: list[tuple[str, int, str]], event: str | None = "on") -> list[dict[str, str]]:
+    """Chat messages asking for the commonality of `samples` ((token, position, context) triples), which
+    show the feature's `event` ("on": it fires there; "off": it switches off there, said in the message).
 
     The few-shot examples are earlier turns of the chat (user: samples, assistant: answer). Small local
     chat models follow this far better than one long message: SmolLM2-135M-Instruct echoed the prompt
@@ -162,19 +190,23 @@ def explain_prompt(samples: list[tuple[str, int, str]]) -> list[dict[str, str]]:
     for example, answer in EXPLAIN_EXAMPLES:
         messages.append({"role": "user", "content": "\n".join(sample_line(*s) for s in example)})
         messages.append({"role": "assistant", "content": answer})
-    messages.append({"role": "user", "content": "\n".join(sample_line(*s) for s in samples)})
+    note = _event_note(EVENT_NOTES, event)
+    lines = ([note] if note else []) + [sample_line(*s) for s in samples]
+    messages.append({"role": "user", "content": "\n".join(lines)})
     return messages
 
 
-def judge_query(sample: tuple[str, int, str], description: str) -> str:
-    return f'{sample_line(*sample)}\nDescription: "{description}"'
+def judge_query(sample: tuple[str, int, str], description: str, event: str | None = "on") -> str:
+    note = _event_note(JUDGE_EVENT_NOTES, event)
+    return (f"{note}\n" if note else "") + f'{sample_line(*sample)}\nDescription: "{description}"'
 
 
-def judge_prompt(sample: tuple[str, int, str], description: str) -> list[dict[str, str]]:
-    """Chat messages asking whether `description` fits `sample` ((token, position, context)); few-shot as turns."""
+def judge_prompt(sample: tuple[str, int, str], description: str, event: str | None = "on") -> list[dict[str, str]]:
+    """Chat messages asking whether `description` fits `sample` ((token, position, context)); few-shot as turns.
+    For an "off" feature the final message says that the description names where the feature switches off."""
     messages = [{"role": "system", "content": f"{JUDGE_SYSTEM}\n{JUDGE_INSTRUCTIONS}"}]
     for token, position, sentence, desc, answer in JUDGE_EXAMPLES:
         messages.append({"role": "user", "content": judge_query((token, position, sentence), desc)})
         messages.append({"role": "assistant", "content": answer})
-    messages.append({"role": "user", "content": judge_query(sample, description)})
+    messages.append({"role": "user", "content": judge_query(sample, description, event)})
     return messages

@@ -8,7 +8,7 @@ out of `hf-bae interpret`, this module and the Python API.
 import datasets
 import evaluate
 
-from hf_bae.interpret.comsem import summarize_verdicts
+from hf_bae.interpret.comsem import BALANCED_ACCURACY_THRESHOLD, summarize_verdicts
 
 _CITATION = """\
 @article{cho2025binary,
@@ -41,6 +41,9 @@ Args:
     threshold (`float`, defaults to 0.5): a feature with score >= threshold counts as interpretable. The
         paper states no threshold; 0.5 is ours.
     num_bins (`int`, defaults to 10): bins of the score histogram on [0, 1].
+    balanced_accuracy_threshold (`float`, defaults to 0.6): a feature whose balanced accuracy is >= this counts
+        in `interpretable_count_balanced_accuracy`. It must be strictly above chance (0.5): an explanation judged
+        Yes on everything has balanced accuracy exactly 0.5 and never counts.
 Returns:
     comsem_score (`float` or `None`): mean over scored features of the fraction of Yes on positives.
     features_scored (`int`): features with at least one positive verdict.
@@ -49,7 +52,8 @@ Returns:
     histogram (`dict`): `bin_edges` and `counts` of per-feature scores.
     verdicts (`int`), unparseable (`int`): answers that were neither yes nor no (they count as not Yes).
     beyond_paper (`dict`): features_with_negatives, specificity (fraction of No on negatives), precision,
-        balanced_accuracy ((score + specificity) / 2), interpretable_count_balanced_accuracy.
+        balanced_accuracy ((score + specificity) / 2), interpretable_count_balanced_accuracy (features with
+        balanced accuracy >= balanced_accuracy_threshold), balanced_accuracy_threshold.
 Examples:
     >>> comsem = evaluate.load("metrics/comsem")
     >>> comsem.compute(predictions=["yes", "yes", "no", "yes"], references=["positive"] * 4,
@@ -77,8 +81,10 @@ class ComSem(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2509.20997", "https://github.com/hc495/Binary_Autoencoder"],
         )
 
-    def _compute(self, predictions, references, feature_ids, num_features=None, threshold=0.5, num_bins=10):
+    def _compute(self, predictions, references, feature_ids, num_features=None, threshold=0.5, num_bins=10,
+                 balanced_accuracy_threshold=BALANCED_ACCURACY_THRESHOLD):
         return summarize_verdicts(
             list(feature_ids), list(references), list(predictions),
             num_features=num_features, threshold=threshold, num_bins=num_bins,
+            balanced_accuracy_threshold=balanced_accuracy_threshold,
         )

@@ -53,12 +53,13 @@ def reference_picks(scores, tie, k):
     return [sorted(range(len(s)), key=lambda j: (-s[j], -u[j], j))[:k] for s, u in zip(scores, tie)]
 
 
-def reference_samples(scores, tie, seqs, k, capacity):
-    """The first `capacity` tokens (corpus order) that picked each feature."""
+def reference_samples(scores, tie, seqs, k, capacity, events=None):
+    """The first `capacity` tokens (corpus order) that picked each feature (and, given `events` [n, m],
+    where it is in its event state)."""
     lists = {j: [] for j in range(scores.shape[1])}
     for t, picks in enumerate(reference_picks(scores, tie, k)):
         for j in picks:
-            if len(lists[j]) < capacity:
+            if len(lists[j]) < capacity and (events is None or events[t, j]):
                 lists[j].append(int(seqs[t]))
     return lists
 
@@ -86,22 +87,29 @@ def test_bae_atlas_matches_the_paper_protocol(lm, texts):
         codes = (pre > 0).float()
     p = codes.double().mean(0)
     score = (codes.double() - p).abs()  # |h1 - mean|: the paper's burstiness
-    ref = reference_samples(score, pre.abs(), seqs, 3, 6)
+    usual = (p > 0.5).double()  # the usual state: on for a usually-on code
+    events = codes.double() != usual  # a deviation event: off for a usually-on code, on otherwise
+    # The paper's quota, keeping only the picks that are events (new: a pick in the usual state shows nothing).
+    ref = reference_samples(score, pre.abs(), seqs, 3, 6, events)
     picks = reference_picks(score, pre.abs(), 3)
     position = {int(q): t for t, q in enumerate(seqs)}
     assert info.num_tokens == len(seqs) and info.dictionary_type == "BAE" and info.site == "layers.1.resid_post"
+    assert 0 < int((p > 0.5).sum()) < len(p)  # both kinds of codes are checked
     for row in ds:
         j = row["feature"]
         assert seqs_of(row["samples"]) == ref[j], j
+        assert row["event"] == ("off" if p[j] > 0.5 else "on")
+        assert all(s["activation"] == 1 - usual[j].item() for s in row["samples"])
         assert row["frequency"] == pytest.approx(p[j].item())
         assert row["is_dead"] == (p[j].item() == 0) and row["is_dense"] == (p[j].item() > config.dense_threshold)
-        # non-activating: the feature is off there and the token did not pick it
-        eligible = [t for t in range(len(seqs)) if codes[t, j] == 0 and j not in picks[t]]
+        # non-activating: the feature is in its usual state there and the token did not pick it
+        eligible = [t for t in range(len(seqs)) if codes[t, j] == usual[j] and j not in picks[t]]
         assert len(row["non_activating"]) == min(4, len(eligible))
-        for q in seqs_of(row["non_activating"]):
-            t = position[q]
-            assert codes[t, j] == 0 and j not in picks[t]
+        for s in row["non_activating"]:
+            t = position[s["row"] * CTX + s["row_position"]]
+            assert codes[t, j] == usual[j] and j not in picks[t] and s["activation"] == usual[j].item()
     assert sum(r["selection_count"] for r in ds) == 3 * len(seqs)
+    assert info.extra["usually_on_features"] == int((p > 0.5).sum())
 
 
 def test_sae_rescaled_and_active_only_and_top_selection(lm, texts):

@@ -6,8 +6,9 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from interp_fixtures import category_llm, is_judge
-from hf_bae.interpret.atlas_format import atlas_features
+from hf_bae.interpret.atlas_format import atlas_from_rows
 from hf_bae.interpret.comsem import ComSemConfig, parse_answer, parse_explanation, run_comsem, summarize_verdicts
+from hf_bae.interpret.prompts import explain_prompt, judge_prompt
 from hf_bae.interpret.client import LLMClient
 from hf_bae.interpret.openai_backend import OpenAIBackend
 
@@ -45,7 +46,7 @@ def hand_atlas():
         # 4: many samples: judged on max_test_samples of them
         feature_row(4, ["one", "two", "three", "four", "five", "six"] + ["one"] * 20),
     ]
-    return datasets.Dataset.from_list(rows, features=atlas_features())
+    return atlas_from_rows(rows)
 
 
 def client(server, cache=None, **kw):
@@ -151,3 +152,63 @@ def test_bad_atlases():
         with pytest.raises(ValueError, match="not a feature atlas"):
             run_comsem(datasets.Dataset.from_dict({"feature": [0]}), client(server), progress=False)
         assert server.count() == 0
+
+
+def test_chance_level_explanations_are_not_interpretable():
+    # feature 0: "any word" — Yes on all 8 positives and all 8 negatives: score 1, balanced accuracy exactly 0.5
+    # feature 1: one answer better than chance (9/16 right): 0.5625, still not interpretable at 0.6
+    # feature 2: 8/8 Yes, 2/8 No on negatives: 0.625, interpretable
+    # feature 3: No on everything: 0.5
+    f, s, a = [], [], []
+    for j, pos_yes, neg_no in ((0, 8, 0), (1, 8, 1), (2, 8, 2), (3, 0, 8)):
+        for i in range(8):
+            f += [j, j]
+            s += ["positive", "negative"]
+            a += ["yes" if i < pos_yes else "no", "no" if i < neg_no else "yes"]
+    out = summarize_verdicts(f, s, a, num_features=4)
+    bp = out["beyond_paper"]
+    assert bp["balanced_accuracy_threshold"] == 0.6
+    assert bp["interpretable_count_balanced_accuracy"] == 1  # only feature 2
+    assert out["interpretable_count"] == 3  # the paper's score alone: "any word" scores 1 and counts
+    yes_to_all = summarize_verdicts([0] * 16, ["positive", "negative"] * 8, ["yes"] * 16)
+    assert yes_to_all["beyond_paper"]["balanced_accuracy"] == 0.5
+    assert yes_to_all["beyond_paper"]["interpretable_count_balanced_accuracy"] == 0
+    for bad in (0.5, 0.3, 1.5):
+        with pytest.raises(ValueError, match="above chance"):
+            summarize_verdicts(f, s, a, balanced_accuracy_threshold=bad)
+        with pytest.raises(ValueError, match="above chance"):
+            ComSemConfig(balanced_accuracy_threshold=bad)
+    import evaluate
+
+    metric = evaluate.load("metrics/comsem")
+    got = metric.compute(predictions=a, references=s, feature_ids=f, num_features=4)
+    assert got["beyond_paper"]["interpretable_count_balanced_accuracy"] == 1
+    assert metric.compute(predictions=a, references=s, feature_ids=f,
+                          balanced_accuracy_threshold=0.55)["beyond_paper"]["interpretable_count_balanced_accuracy"] == 2
+    with pytest.raises(ValueError, match="above chance"):
+        metric.compute(predictions=a, references=s, feature_ids=f, balanced_accuracy_threshold=0.5)
+
+
+def test_off_events_are_described_as_such_in_both_prompts():
+    samples = [("cat", 2, "the cat sat")] * 5
+    on, off, old = explain_prompt(samples, "on"), explain_prompt(samples, "off"), explain_prompt(samples)
+    assert on == old and "switches OFF" not in on[-1]["content"]  # the protocol's prompt, unchanged
+    assert off[:-1] == on[:-1] and off[-1]["content"].startswith("These tokens are where a feature switches OFF")
+    assert off[-1]["content"].count("Token:") == 5
+    judge_on, judge_off = judge_prompt(samples[0], "animals", "on"), judge_prompt(samples[0], "animals", "off")
+    assert judge_on == judge_prompt(samples[0], "animals", None) and "switches OFF" not in judge_on[-1]["content"]
+    assert "switches OFF" in judge_off[-1]["content"] and judge_off[-1]["content"].count("Token:") == 1
+    with pytest.raises(ValueError, match="event"):
+        explain_prompt(samples, "sometimes")
+
+    # In a run: the "off" feature's explainer and judge prompts carry the note, the "on" one's do not.
+    rows = [feature_row(0, ANIMALS + ["cat", "dog"], ["red"]), feature_row(1, ANIMALS + ["fish", "bird"], ["blue"])]
+    rows[0]["event"], rows[1]["event"] = "on", "off"
+    with FakeOpenAI(responder=category_llm) as server:
+        run = run_comsem(atlas_from_rows(rows), client(server), ComSemConfig(num_negatives=1), progress=False)
+        prompts = [r["prompt"] for r in server.requests]
+    assert [r.status for r in run.results] == ["scored", "scored"]
+    noted = [p for p in prompts if "switches OFF" in p]
+    # feature 1: 1 explainer + 2 positives + 1 negative, all noted; feature 0: none
+    assert len(noted) == 4 and all("(1." in p for p in noted)
+    assert not any("switches OFF" in p for p in prompts if "(0." in p)

@@ -4,10 +4,14 @@
 
 - Overview: counts, dead / dense, code-set entropy, frequency and ComSem histograms; several
   atlases side by side.
-- Features: the table, searchable (feature id or explanation text) and sortable.
-- Feature: explanation and score, samples with the firing token highlighted, judge verdicts,
-  frequency, neighbours by decoder cosine.
-- Try it: per token the features that fire, per feature where it fires.
+- Features: the table, searchable (feature id, explanation text, or the samples' tokens and
+  contexts: "which features fire on 'Senate'?") and sortable.
+- Feature: explanation and score, frequency and (BAE) usual state and event, a density histogram,
+  logit effects, top contexts sorted by value (one per document) with tokens shaded by value,
+  quantile bands, judge verdicts, neighbours by decoder cosine.
+- Try it: per token the features that fire with their values (click a token for its top features
+  and their explanations; "rare only" hides usually-on codes), per feature where it fires; the
+  first load of the LM shows what it is doing.
 
 Clicking a row of any table, or a feature chip under a token, opens that feature's page. Each
 view is also a named API endpoint (`/overview`, `/table`, `/feature`, `/try_it`) for
@@ -55,15 +59,48 @@ ol.samples .tok { font-family: monospace; font-size: 0.85em; opacity: 0.6; margi
 .chips { display: flex; gap: 2px; }
 .chip { font-size: 0.72em; border: none; border-radius: 3px; background: #e3f2fd; color: #0d47a1; cursor: pointer; padding: 0 4px; }
 .chip:hover { background: #90caf9; }
+.chip[data-value]::after { content: " " attr(data-value); opacity: 0.65; }
+.tok-cell { cursor: pointer; }
+.tok-cell.selected { outline: 2px solid #1976d2; }
+.selected-token { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 6px 10px; margin-bottom: 8px; }
+.selected-token table { font-size: 0.85em; margin-top: 4px; }
+.selected-token td, .selected-token th { padding: 1px 8px; text-align: left; }
+.feature-panels { display: flex; flex-wrap: wrap; gap: 18px; margin-top: 6px; }
+.feature-panels h4 { margin: 0 0 4px 0; }
+svg.histogram rect.bar { fill: #ff8c00; }
+svg.histogram line.tick { stroke: #555; stroke-dasharray: 3 2; }
+svg.histogram text.axis { font-size: 10px; fill: currentColor; }
+.logit-cols { display: flex; gap: 24px; }
+.logit-list { margin: 2px 0; padding-left: 1.6em; font-size: 0.88em; }
+.logit-list .logit-token { font-family: monospace; margin-right: 8px; }
+.logit-list.promoted .logit-value { color: #1b5e20; } .logit-list.suppressed .logit-value { color: #b71c1c; }
+span.act { border-radius: 2px; }
+ol.samples .value { font-family: monospace; font-size: 0.8em; opacity: 0.6; margin-right: 6px; }
+.note { font-size: 0.85em; opacity: 0.8; }
+.bands h4 { margin: 8px 0 2px 0; font-size: 0.9em; }
 """
 
 # Clicks on a feature chip anywhere inside the component (delegated, so it survives re-renders).
+# A click on a token (not on one of its chips) shows its top features, already in the page, in the
+# selected-token panel: no round trip.
 CHIP_JS = """
 element.addEventListener('click', (event) => {
-  const chip = event.target.closest('[data-feature]');
-  if (chip) { trigger('click', {feature: parseInt(chip.dataset.feature, 10)}); }
+  const chip = event.target.closest('[data-feature], [data-open]');
+  if (chip) {
+    trigger('click', {feature: parseInt(chip.dataset.feature || chip.dataset.open, 10)});
+    return;
+  }
+  const cell = event.target.closest('.tok-cell');
+  const panel = element.querySelector('.selected-token');
+  if (cell && panel) {
+    element.querySelectorAll('.tok-cell.selected').forEach((c) => c.classList.remove('selected'));
+    cell.classList.add('selected');
+    panel.innerHTML = cell.querySelector('.token-detail').innerHTML;
+  }
 });
 """
+
+SEARCH_MODES = {"explanation": "", "token": "token:", "context": "context:"}
 
 
 @dataclass
@@ -247,6 +284,13 @@ def build_demo(browser: FeatureBrowser):
         info = f"{total:,} matching features" + (f" · rows {first:,}–{first + len(rows) - 1:,}" if rows else " · no rows on this page")
         return pd.DataFrame(rows, columns=TABLE_COLUMNS), info
 
+    def table_ui(atlas: str, query: str, search_in: str, sort_by: str, descending: bool, hide_dead: bool, page: float):
+        q = (query or "").strip()
+        prefix = SEARCH_MODES.get(search_in or "explanation", "")
+        if prefix and q and not q.lower().startswith(tuple(SEARCH_MODES.values())[1:]):
+            q = prefix + q
+        return table(atlas, q, sort_by, descending, hide_dead, page)
+
     @guard
     def feature(atlas: str, feature_id: float | None):
         """Feature page: header, samples, verdicts, neighbours, non-activating samples."""
@@ -264,15 +308,26 @@ def build_demo(browser: FeatureBrowser):
         )
 
     @guard
-    def try_it(atlas: str, text: str):
-        """Notice, per-token HTML (feature chips), per-feature table, per-token table."""
-        result = browser.try_it(atlas, text)
+    def try_it(atlas: str, text: str, rare_only: bool = False, progress=gr.Progress()):
+        """Notice, per-token HTML (feature chips with values; a click on a token lists its top features),
+        per-feature table, per-token table."""
+        pending = browser.lm_pending(atlas)
+        if pending:
+            progress(0.05, desc=pending)  # what the wait is for, not a bare timer
+            print(f"hf_bae space: {pending}", flush=True)
+        result = browser.try_it(atlas, text, rare_only=bool(rare_only))
         return (
             result.notice,
             result.tokens_html,
             pd.DataFrame(result.per_feature, columns=["feature", "tokens", "where it fires ([token])", "explanation"]),
-            pd.DataFrame(result.per_token, columns=["position", "token", "features firing", "strongest features"]),
+            pd.DataFrame(result.per_token, columns=["position", "token", "features firing", "strongest features", "their values"]),
         )
+
+    def retoggle(atlas: str, text: str, rare_only: bool):
+        # The toggle re-runs an analysis already asked for; with no text yet it waits for one.
+        if not (text or "").strip():
+            return tuple(gr.skip() for _ in range(4))
+        return try_it(atlas, text, rare_only)
 
     def open_from_table(evt: gr.SelectData):
         row = evt.row_value
@@ -297,7 +352,9 @@ def build_demo(browser: FeatureBrowser):
                     score_plot = gr.Image(label="ComSem scores", type="pil", format="png", interactive=False, elem_id="score-plot")
             with gr.Tab("Features", id="table"):
                 with gr.Row():
-                    query = gr.Textbox(label="Search (feature id or explanation text)", elem_id="table-query", scale=3)
+                    query = gr.Textbox(label="Search (feature id, explanation, or a token / context of the samples)", elem_id="table-query",
+                                       scale=3, placeholder="e.g. budget · token:Senate · context:the Senate")
+                    search_in = gr.Radio(choices=list(SEARCH_MODES), value="explanation", label="Search in", elem_id="table-search-in", scale=2)
                     sort_by = gr.Dropdown(choices=list(TABLE_SORT_KEYS), value="feature", label="Sort by", scale=1)
                     descending = gr.Checkbox(label="Descending", value=False, scale=1)
                     hide_dead = gr.Checkbox(label="Hide dead", value=False, scale=1)
@@ -311,7 +368,7 @@ def build_demo(browser: FeatureBrowser):
                     feature_id = gr.Number(label="Feature id", value=None, precision=0, elem_id="feature-id", scale=3)
                     show = gr.Button("Show", variant="primary", elem_id="feature-show", scale=1)
                 header = gr.HTML(elem_id="feature-header", js_on_load=None)
-                gr.Markdown("### Top samples (firing token highlighted)")
+                gr.Markdown("### Top contexts (strongest first; the sample's token highlighted, tokens shaded by value)")
                 samples = gr.HTML(elem_id="feature-samples", js_on_load=None)
                 with gr.Row():
                     neighbours = gr.Dataframe(label="Neighbours by decoder cosine (click a row to open it)", interactive=False, wrap=True,
@@ -322,9 +379,11 @@ def build_demo(browser: FeatureBrowser):
             with gr.Tab("Try it", id="tryit"):
                 text = gr.Textbox(label=f"Text (up to {browser.max_tokens} tokens are analysed)", lines=3, elem_id="tryit-text",
                                   placeholder="Type a sentence and press Analyse")
-                run = gr.Button("Analyse", variant="primary", elem_id="tryit-run")
+                with gr.Row():
+                    run = gr.Button("Analyse", variant="primary", elem_id="tryit-run", scale=3)
+                    rare = gr.Checkbox(label="Rare features only (frequency below the dense threshold)", value=False, elem_id="tryit-rare", scale=2)
                 notice = gr.Markdown(elem_id="tryit-notice")
-                gr.Markdown("Each token with its strongest features; click a feature to open it.")
+                gr.Markdown("Each token with its strongest features and their values; click a token for its top features, a feature to open it.")
                 tokens_html = gr.HTML(elem_id="tryit-tokens", js_on_load=CHIP_JS)
                 per_feature = gr.Dataframe(label="Features that fire, strongest first (click a row to open it)", interactive=False, wrap=True,
                                            elem_id="tryit-features", column_widths=["8%", "8%", "54%", "30%"], max_height=500)
@@ -332,11 +391,12 @@ def build_demo(browser: FeatureBrowser):
                     per_token = gr.Dataframe(interactive=False, elem_id="tryit-tokens-table")
 
         table_inputs = [atlas, query, sort_by, descending, hide_dead, page]
+        ui_table_inputs = [atlas, query, search_in, sort_by, descending, hide_dead, page]
         feature_outputs = [header, samples, verdicts, neighbours, non_activating]
         demo.load(overview, outputs=[summary, compare, freq_plot, score_plot], api_name="overview")
         demo.load(table, inputs=table_inputs, outputs=[features, table_info], api_name="table")
-        for trigger in (query.submit, sort_by.change, descending.change, hide_dead.change, page.submit, atlas.change):
-            trigger(table, inputs=table_inputs, outputs=[features, table_info], api_visibility="private")
+        for trigger in (query.submit, search_in.change, sort_by.change, descending.change, hide_dead.change, page.submit, atlas.change):
+            trigger(table_ui, inputs=ui_table_inputs, outputs=[features, table_info], api_visibility="private")
         atlas.change(browser.describe, inputs=atlas, outputs=provenance, api_visibility="private")
         show.click(feature, inputs=[atlas, feature_id], outputs=feature_outputs, api_name="feature")
         feature_id.submit(feature, inputs=[atlas, feature_id], outputs=feature_outputs, api_visibility="private")
@@ -349,8 +409,10 @@ def build_demo(browser: FeatureBrowser):
         )
         # Try it runs the LM: one at a time, so a CPU Space stays responsive for the other views.
         try_outputs = [notice, tokens_html, per_feature, per_token]
-        run.click(try_it, inputs=[atlas, text], outputs=try_outputs, api_name="try_it", concurrency_limit=1, concurrency_id="lm")
-        text.submit(try_it, inputs=[atlas, text], outputs=try_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="lm")
+        # As an API endpoint the toggle is an optional third input (gradio_client fills its default).
+        run.click(try_it, inputs=[atlas, text, rare], outputs=try_outputs, api_name="try_it", concurrency_limit=1, concurrency_id="lm")
+        text.submit(try_it, inputs=[atlas, text, rare], outputs=try_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="lm")
+        rare.change(retoggle, inputs=[atlas, text, rare], outputs=try_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="lm")
     return demo
 
 

@@ -76,12 +76,18 @@ def _comsem_fields(score: float | None, verdicts: list[dict]) -> dict:
 
 
 def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_feature: int = 8, explanations: dict | None = None,
-                info: dict | None = None) -> list[dict]:
+                info: dict | None = None, rich: bool = False) -> list[dict]:
     """Run the LM + dictionary over TEXTS and write an atlas in the `hf-bae atlas` schema
     (`atlas_features`, metadata saved with `hf_bae.formats.save_atlas_info`).
 
     Samples of a feature are the tokens where it fires, strongest first (BAE: all firing tokens
-    score 1 - frequency; SAE: the latent). Returns the rows written."""
+    score 1 - frequency; SAE: the latent). Returns the rows written.
+
+    `rich`: also the columns of the newer schema — `event` ("off" for a usually-on BAE code, whose
+    samples are then the tokens where it is off, scored by its deviation p), `logit_effects` (top 10
+    of W_U · d_j through the LM's unembedding) — and per-token `token_values` in each sample (the
+    feature's value, BAE: deviation, at every token of the context); samples are kept in corpus order
+    (the paper's selection), so the browser has to sort them."""
     import datasets
 
     from hf_bae.formats import AtlasInfo, save_atlas_info
@@ -107,20 +113,44 @@ def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_fe
         text, s, e, tid, pos, row = records[i][:6]
         return _sample(text, s, e, tid, pos, score, value[i, j].item(), row)
 
+    deviation = dictionary.score_is_deviation
+    if rich:
+        w_u = model.get_output_embeddings().weight.detach().float()  # [V, d]
+        effects = w_u @ dictionary.decoder.weight.detach().float()  # [V, m]: column j is W_U · d_j
+        strength = (value - freq).abs() if deviation else value  # the value each token has, as the browser shades it
+        token_rows: dict[int, list[int]] = {}
+        for i, rec in enumerate(records):
+            token_rows.setdefault(rec[5], []).append(i)
+
     for j in range(dictionary.num_features):
-        idx = fired[:, j].nonzero().flatten().tolist()
-        score = (1 - freq[j]).item() if dictionary.score_is_deviation else None
-        idx.sort(key=lambda i: -(value[i, j].item() if score is None else score))
+        event = "off" if rich and deviation and freq[j] > 0.5 else "on"
+        hits = fired[:, j] if event == "on" else ~fired[:, j]
+        idx = hits.nonzero().flatten().tolist()
+        score = ((1 - freq[j]) if event == "on" else freq[j]).item() if deviation else None
+        if not rich:
+            idx.sort(key=lambda i: -(value[i, j].item() if score is None else score))
         samples = [sample(i, j, score if score is not None else value[i, j].item()) for i in idx[:per_feature]]
-        quiet = (~fired[:, j]).nonzero().flatten().tolist()[:2]
+        quiet = (~hits).nonzero().flatten().tolist()[:2]
         non_activating = [sample(i, j, 0.0) for i in quiet]
         expl, comsem, verdicts = explanations.get(j, (None, None, []))
-        rows.append(dict(
+        row = dict(
             feature=j, frequency=float(freq[j]), is_dead=bool(freq[j] == 0), is_dense=bool(freq[j] > 0.1), selection_count=len(idx),
             samples=samples, non_activating=non_activating, explanation=expl, comsem_score=comsem, verdicts=verdicts,
             **_comsem_fields(comsem, verdicts),
-        ))
-    datasets.Dataset.from_list(rows, features=atlas_features()).save_to_disk(str(path))
+        )
+        if rich:
+            for s, i in zip(samples, idx):
+                s["token_values"] = [dict(start=records[t][1], end=records[t][2], value=float(strength[t, j])) for t in token_rows[records[i][5]]]
+            for s in non_activating:
+                s["token_values"] = []
+            top, bottom = effects[:, j].topk(10), (-effects[:, j]).topk(10)
+            row["event"] = event
+            row["logit_effects"] = {
+                "promoted": [dict(token=tokenizer.decode([t]), token_id=int(t), value=float(v)) for v, t in zip(top.values.tolist(), top.indices.tolist())],
+                "suppressed": [dict(token=tokenizer.decode([t]), token_id=int(t), value=-float(v)) for v, t in zip(bottom.values.tolist(), bottom.indices.tolist())],
+            }
+        rows.append(row)
+    datasets.Dataset.from_list(rows, features=rich_atlas_features() if rich else atlas_features()).save_to_disk(str(path))
     meta = AtlasInfo(
         dictionary_type=dictionary.kind, num_features=dictionary.num_features, base_model=dictionary.config.base_model,
         base_model_revision=dictionary.config.base_model_revision, layer=layer, site="resid_post", num_texts=len(TEXTS),
@@ -132,14 +162,33 @@ def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_fe
 
 
 def atlas_features():
-    """The atlas schema, from where `hf-bae atlas` defines it."""
+    """The atlas schema of an atlas built before the `event` / `logit_effects` columns (what a browser
+    must still read), from where `hf-bae atlas` defines the current one."""
+    import datasets
+
     from hf_bae.interpret.atlas_format import atlas_features
 
-    return atlas_features()
+    return datasets.Features({k: v for k, v in atlas_features().items() if k not in ("event", "logit_effects")})
 
 
-def synthetic_atlas(path: Path, num_features: int = 10_000, samples_per_feature: int = 10, seed: int = 0) -> None:
-    """A large atlas with random content, written column-wise through Arrow (seconds, not minutes)."""
+def rich_atlas_features():
+    """The atlas schema with the `event` / `logit_effects` columns of the shared contract and per-token
+    `token_values` in samples (what a browser must read when present)."""
+    import datasets
+
+    base = atlas_features()
+    sample = dict(base["samples"].feature)
+    sample["token_values"] = datasets.List({"start": datasets.Value("int64"), "end": datasets.Value("int64"), "value": datasets.Value("float64")})
+    effect = {"token": datasets.Value("string"), "token_id": datasets.Value("int64"), "value": datasets.Value("float64")}
+    return datasets.Features({
+        **base, "samples": datasets.List(sample), "non_activating": datasets.List(sample), "event": datasets.Value("string"),
+        "logit_effects": {"promoted": datasets.List(effect), "suppressed": datasets.List(effect)},
+    })
+
+
+def synthetic_atlas(path: Path, num_features: int = 10_000, samples_per_feature: int = 10, seed: int = 0, rich: bool = False) -> None:
+    """A large atlas with random content, written column-wise through Arrow (seconds, not minutes).
+    `rich`: with the `event` and `logit_effects` columns (10 promoted / 10 suppressed random tokens)."""
     import datasets
 
     from hf_bae.formats import AtlasInfo, save_atlas_info
@@ -177,7 +226,20 @@ def synthetic_atlas(path: Path, num_features: int = 10_000, samples_per_feature:
         "comsem_status": pa.array(["scored" if e else None for e in explained], pa.string()), "balanced_accuracy": pa.nulls(n, pa.float64()),
         "judge_failures": pa.array(np.zeros(n, dtype=np.int64)),
     })
-    ds = datasets.Dataset(table).cast(atlas_features())
+    features = atlas_features()
+    if rich:
+        e = 10 * n
+        effect = pa.StructArray.from_arrays(
+            [pa.array([str(words[i % len(words)]) for i in range(e)]), pa.array(rng.integers(0, 50_000, e)), pa.array(rng.normal(size=e))],
+            names=["token", "token_id", "value"],
+        )
+        lists = pa.ListArray.from_arrays(pa.array(np.arange(0, e + 1, 10, dtype=np.int32)), effect)
+        table = table.append_column("event", pa.array(np.where(freq > 0.5, "off", "on"))).append_column(
+            "logit_effects", pa.StructArray.from_arrays([lists, lists], names=["promoted", "suppressed"]))
+        features = rich_atlas_features()
+        sample = features["samples"]  # the synthetic samples carry no per-token values
+        features["samples"] = features["non_activating"] = datasets.List({k: v for k, v in sample.feature.items() if k != "token_values"})
+    ds = datasets.Dataset(table).cast(features)
     ds.save_to_disk(str(path))
     save_atlas_info(AtlasInfo(dictionary_type="BAE", num_features=n, num_tokens=1_000_000, dense_threshold=0.1,
                               dead_features=int((freq == 0).sum()), dense_features=int((freq > 0.1).sum())), path)

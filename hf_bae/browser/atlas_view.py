@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..formats import ATLAS_INFO_FILE, DEFAULT_DENSE_THRESHOLD, AtlasInfo, read_atlas_info
+from .search import SampleTextIndex
 
 # The keys the feature table sorts by (each a column of the index).
 TABLE_SORT_KEYS = ("feature", "frequency", "comsem_score", "explanation")
@@ -169,6 +170,11 @@ class Atlas:
             num_samples=num_samples.astype(np.int64),
             row_of=row_of,
         )
+
+    @cached_property
+    def search(self) -> SampleTextIndex:
+        """The samples' tokens and contexts for text search (each built on first use)."""
+        return SampleTextIndex(self.dataset.data)
 
     def row_for(self, feature: int) -> int:
         """Row holding `feature`; a ValueError that says which ids exist otherwise."""

@@ -17,7 +17,7 @@ from .feature_page import FeaturePage, build_feature_page
 from .overview import describe, overview_html, summary
 from .plots import frequency_plot, score_plot
 from .table import table_page
-from .try_it import TryIt, analyse_text, language_model_of
+from .try_it import TryIt, analyse_text, language_model_of, load_message
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -135,10 +135,12 @@ class FeatureBrowser:
     ) -> tuple[list[list[Any]], int]:
         """One page of the feature table and the number of matching features.
 
-        `query`: an integer matches that feature id; other text matches explanations
+        `query`: an integer matches that feature id; `token:Senate` / `context:the Senate` the features
+        with a sample on that token / in such a context; other text matches explanations
         (case-insensitive substring). Only the atlas index is read, never the rows.
         """
-        return table_page(self.atlas(name).index, query, sort_by, descending, hide_dead, page, page_size)
+        atlas = self.atlas(name)
+        return table_page(atlas.index, query, sort_by, descending, hide_dead, page, page_size, text_index=atlas.search)
 
     # -- feature page -------------------------------------------------------------------------
     def feature(self, name: str | None, feature: int, num_neighbours: int = 10) -> FeaturePage:
@@ -166,9 +168,20 @@ class FeatureBrowser:
                 self._lms[name, revision] = load_language_model(name, revision=revision)
             return self._lms[name, revision]
 
-    def try_it(self, name: str | None, text: str, top_k: int = 3, max_features: int = 200) -> TryIt:
+    def lm_pending(self, name: str | None) -> str | None:
+        """What loading the LM of atlas `name` will do, when it is not loaded yet (else None): the
+        Space shows it as progress instead of a bare timer."""
+        atlas = self.atlas(name)
+        d = self.dictionaries.get(atlas.name)
+        if d is None:
+            return None
+        key = language_model_of(atlas, d, self.language_model)
+        return None if key in self._lms else load_message(*key)
+
+    def try_it(self, name: str | None, text: str, top_k: int = 3, max_features: int = 200, rare_only: bool = False) -> TryIt:
         """Run the LM and the dictionary on `text`: per token, the features that fire (strongest
-        first); per feature, where it fires. Input beyond `max_tokens` tokens is dropped with a notice."""
+        first); per feature, where it fires. Input beyond `max_tokens` tokens is dropped with a notice.
+        `rare_only`: only features rarer than the atlas's dense threshold."""
         atlas = self.atlas(name)
         d = self.dictionaries.get(atlas.name)
         if d is None:
@@ -177,4 +190,4 @@ class FeatureBrowser:
         if not text.strip():
             raise ValueError("Type some text to analyse.")
         model, tokenizer = self._lm(atlas, d)
-        return analyse_text(atlas, d, model, tokenizer, text, self.max_tokens, top_k=top_k, max_features=max_features)
+        return analyse_text(atlas, d, model, tokenizer, text, self.max_tokens, top_k=top_k, max_features=max_features, rare_only=rare_only)

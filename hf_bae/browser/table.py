@@ -9,6 +9,7 @@ import numpy as np
 
 from .atlas_view import TABLE_SORT_KEYS, AtlasIndex
 from .markup import flags
+from .search import SampleTextIndex, parse_query
 
 TABLE_COLUMNS = ["feature", "frequency", "flags", "ComSem score", "samples", "explanation"]
 
@@ -21,10 +22,13 @@ def table_page(
     hide_dead: bool = False,
     page: int = 1,
     page_size: int = 50,
+    text_index: SampleTextIndex | None = None,
 ) -> tuple[list[list[Any]], int]:
     """One page of the feature table (rows in `TABLE_COLUMNS` order) and the number of matching features.
 
-    `query`: an integer matches that feature id; other text matches explanations (case-insensitive
+    `query`: an integer matches that feature id; `token:Senate` the features with a sample on that
+    token, `context:the Senate` those with a sample whose context contains the text (both
+    case-insensitive, through `text_index`); other text matches explanations (case-insensitive
     substring). Unscored features and empty explanations stay last in either direction.
     """
     if sort_by not in TABLE_SORT_KEYS:
@@ -41,14 +45,17 @@ def table_page(
             order = np.concatenate([order[valid][::-1], order[~valid]])
         else:
             order = order[::-1]
-    query = (query or "").strip()
+    mode, text = parse_query(query)
     mask = np.ones(len(ix.feature), dtype=bool)
-    if query:
-        if query.lstrip("#").isdigit():
-            mask = ix.feature == int(query.lstrip("#"))
-        else:
-            q = query.lower()
-            mask = np.fromiter((q in e for e in ix.lowered), dtype=bool, count=len(ix.lowered))
+    if mode == "id":
+        mask = ix.feature == int(text)
+    elif mode in ("token", "context"):
+        if text_index is None:
+            raise ValueError("Searching samples needs the atlas's samples; this table has none.")
+        mask = text_index.matches(mode, text, len(ix.feature)) > 0
+    elif text:
+        q = text.lower()
+        mask = np.fromiter((q in e for e in ix.lowered), dtype=bool, count=len(ix.lowered))
     if hide_dead:
         mask &= ~ix.is_dead
     order = order[mask[order]]

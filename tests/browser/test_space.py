@@ -99,12 +99,20 @@ def test_feature_page(browser, world):
     page = browser.feature("BAE", a)
     assert f"Feature {a}" in page.header_html and "0.500" in page.header_html and "1 of 2 held-out samples" in page.header_html
     assert html.escape(f"cats & dogs {EVIL}", quote=True) in page.header_html and EVIL not in page.header_html
-    # Every sample's firing token is the marked text, at its character offsets.
+    # The top contexts: strongest first (equal BAE scores keep the atlas's order), one per document,
+    # each marking its sample's token at its character offsets (issue 16: sorted, one per document).
     record = world["bae_rows"][a]
-    marks = re.findall(r'<mark class="fire">(.*?)</mark>', page.samples_html)
+    top = page.samples_html.split("<ol class='samples top'>")[1].split("</ol>")[0]
+    marks = re.findall(r'<mark class="fire"[^>]*>(.*?)</mark>', top)
+    first_per_row = list({s["row"]: s for s in reversed(record["samples"])}.values())[::-1]
+    first_per_row.sort(key=lambda s: -s["score"])
     assert marks == [html.escape(s["token"], quote=True).replace(" ", "·") if not s["token"].strip() else html.escape(s["token"], quote=True)
-                     for s in record["samples"]]
+                     for s in first_per_row]
+    assert [int(r) for r in re.findall(r"data-row='(\d+)'", top)] == [s["row"] for s in first_per_row]
     assert page.samples_html.count("judge: yes") == 1 and page.samples_html.count("judge: no") == 1
+    # This atlas predates per-token values, events and logit effects: the page says so and invents none.
+    assert "stores no per-token values" in page.samples_html and "inferred" in page.header_html
+    assert "Logit effects" in page.header_html and "logit-list" not in page.header_html
     assert ["negative", 0, record["non_activating"][0]["token"], "no"] in page.verdicts
     # Neighbours: the largest decoder cosines, checked against a direct computation.
     w = world["bae"].decoder.weight.detach().T

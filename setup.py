@@ -8,5 +8,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["hf_bae", "hf_bae.*"]) + ["hf_bae.model_cards"],
     package_dir={"hf_bae.model_cards": "model_cards"},
-    package_data={"hf_bae.model_cards": ["*.j2"], "hf_bae": ["tasks/*.jsonl"]},
+    package_data={"hf_bae.model_cards": ["*.j2"], "hf_bae": ["tasks/*.jsonl", "interpret/data/*.jsonl"]},
 )

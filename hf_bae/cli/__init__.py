@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "entropy": ("entropy", "Feature-set entropy: per layer, per position, and in-context-learning curves."),
     "atlas": ("atlas", "Collect top-activating contexts per feature into a feature atlas (datasets.Dataset)."),
     "interpret": ("interpret", "ComSem: explain features with an LLM, judge the explanations, score them."),
+    "calibrate": ("calibrate", "Measure a ComSem judge on labelled items of known truth (accuracy, balanced accuracy)."),
     "push": ("push", "Upload a trained run to the Hugging Face Hub with a generated model card."),
     "export-saelens": ("export_saelens", "Export a ReLU / TopK / JumpReLU dictionary to the SAELens folder format."),
     "import-original": ("import_original", "Import a model trained by the original research code (model .pt + its parameters)."),

@@ -201,6 +201,10 @@ class LLMConfig:
         None, "Stop making new LLM calls after this many (cached answers are free); a rerun continues where this one stopped."
     )
     dry_run: bool = option(False, "Make no LLM call: print how many calls (and roughly what cost) a run would make.")
+    judge_calibration: str | None = option(
+        None, "The judge's calibration (a JSON file from `hf-bae calibrate --output`), stated beside the ComSem scores. "
+        "Default: the calibration `hf-bae calibrate` saved for this judge beside the response cache, if any."
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -43,6 +43,7 @@ from ..version import __version__
 from .atlas import AtlasConfig, build_atlases
 from .atlas_format import check_atlas_matches, load_atlas, save_atlas
 from .atlas_scoring import DICTIONARY_TYPES, RandomBaseline, dictionary_fingerprint, dictionary_type
+from .calibration import judge_calibration_for, loud_warning
 from .comsem import ComSemConfig, run_comsem
 from .report import apply_results, comsem_report, nothing_scored_message, plot_scores, results_table
 from .client import LLMClient, LLMConfig, make_backend, make_cache
@@ -285,6 +286,8 @@ def run_interpret(
     out = Path(output_dir)
     # Fail on configuration (e.g. a missing API key) before any expensive work.
     backend = None if no_interpret else make_backend(llm_config)
+    # A --judge_calibration file of another judge is bad input: said before any work.
+    calibration = None if no_interpret else judge_calibration_for(llm_config, backend.identity)
     out.mkdir(parents=True, exist_ok=True)
     (out / INTERPRET_ARGS_FILE).write_text(json.dumps({
         "corpus": dataclasses.asdict(corpus), "dictionaries": dataclasses.asdict(dict_args),
@@ -330,7 +333,7 @@ def run_interpret(
         if remaining is not None:
             remaining = max(0, remaining - client.ledger.calls)
         ledgers[entry.name] = client.ledger.to_dict()
-        report = comsem_report(entry.name, info, run, {"backend": backend.identity, "model": backend.model})
+        report = comsem_report(entry.name, info, run, {"backend": backend.identity, "model": backend.model}, calibration)
         reports.append(report)
         if info.dictionary_type == "random" and report["features_scored"]:
             random_score = report["comsem_score"]
@@ -367,6 +370,10 @@ def run_interpret(
         (out / RESULTS_JSON_FILE).write_text(json.dumps(measured, indent=2) + "\n")
         plot_scores(measured, out / COMSEM_PLOT_FILE)
         print(table)
+        if calibration is None or calibration.get("chance"):
+            print(loud_warning(calibration) if calibration else f"!!! JUDGE {backend.identity} IS NOT CALIBRATED: a ComSem "
+                  "score means little until the judge is shown to be above chance (`hf-bae calibrate` with the same LLM "
+                  "flags). !!!")
     if unmeasured:
         message = nothing_scored_message(unmeasured, ledgers, backend.identity, out / LEDGER_FILE)
         if measured:

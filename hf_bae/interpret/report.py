@@ -12,6 +12,8 @@ from typing import Any
 from ..formats import AtlasInfo
 from ..version import __version__
 from .atlas_format import atlas_features
+from .calibration import describe as describe_calibration
+from .calibration import short as short_calibration
 from .comsem import ComSemRun
 
 
@@ -30,8 +32,10 @@ def apply_results(dataset, run: ComSemRun):
     return dataset.map(fill, features=atlas_features(), keep_in_memory=True, desc="writing results")
 
 
-def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, Any]) -> dict[str, Any]:
-    """The content of `comsem.json` (read by the Hub model card)."""
+def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, Any],
+                  judge_calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of `comsem.json` (read by the Hub model card). `judge_calibration`: the judge's calibration
+    (`calibration.summary`), None when the judge was not calibrated (then it says so)."""
     s = run.summary
     measured = s["features_scored"] > 0  # else an interpretable fraction of 0.0 would read as a measurement
     return {
@@ -58,6 +62,8 @@ def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, A
         "dense_features": info.dense_features,
         "dense_threshold": info.dense_threshold,
         "judge": judge,
+        "judge_calibration": judge_calibration,
+        "judge_calibration_note": describe_calibration(judge_calibration),
         "protocol": s["protocol"],
         "atlas": {k: getattr(info, k) for k in ("base_model", "layer", "site", "dataset", "split", "num_texts", "num_tokens",
                                                  "top_k", "selection", "sae_rescale", "active_only", "exclude_special_tokens")},
@@ -135,6 +141,7 @@ def results_table(reports: Sequence[dict[str, Any]]) -> str:
         ("balanced accuracy*", lambda r: _fmt(r["beyond_paper"]["balanced_accuracy"])),
         ("unparseable", lambda r: r["unparseable"]),
         ("failed calls", lambda r: r["judge_failures"] + r["status_counts"].get("explain_failed", 0)),
+        ("judge balanced accuracy (calibration)", lambda r: short_calibration(r.get("judge_calibration"))),
     ]
     lines = ["| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in reports:
@@ -143,6 +150,12 @@ def results_table(reports: Sequence[dict[str, Any]]) -> str:
     lines.append("ComSem score: mean over scored features of the fraction of held-out activating samples the judge accepts "
                  "(the paper's). *Beyond the paper: judged on non-activating samples too. Compare with the random "
                  "baseline under the same judge.")
+    judges = {}
+    for r in reports:
+        judges.setdefault(r.get("judge", {}).get("backend", "judge"), r.get("judge_calibration"))
+    for judge, calibration in judges.items():
+        lines.append("")
+        lines.append(f"Judge {judge}: {describe_calibration(calibration)}.")
     return "\n".join(lines)
 
 

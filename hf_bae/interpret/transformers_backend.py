@@ -1,5 +1,6 @@
 """The local judge backend: a transformers chat model run with `generate` through its chat template
-(default: the embedded SmolLM2-135M-Instruct), reusing the KV cache of shared prompt prefixes or
+(default: the embedded SmolLM2-135M-Instruct; also a `.gguf` file, or a chat model that a registry
+package carries, `hf_bae.interpret.packaged_judges`), reusing the KV cache of shared prompt prefixes or
 batching with left padding.
 """
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .chat import ChatBackend, ChatRequest, ChatResult
@@ -20,7 +22,9 @@ class TransformersBackend(ChatBackend):
     requests run one at a time; without it, requests run in left-padded batches of `batch_size`.
 
     Args:
-        model: "embedded" (SmolLM2-135M-Instruct, offline), a Hub id or a local folder.
+        model: "embedded" (SmolLM2-135M-Instruct, offline), a packaged judge ("qwen2.5-coder-1.5b",
+            "qwen2.5-coder-0.5b": `packaged_judges.PACKAGED_JUDGES`), a local `.gguf` file (Qwen2 / Llama
+            architectures: transformers dequantises it on load), a Hub id or a local folder.
         revision, device, dtype: passed to the loader.
         batch_size: prompts per `generate` call (without prefix_cache).
         max_new_tokens: default cap on generated tokens when a request sets none.
@@ -68,9 +72,30 @@ class TransformersBackend(ChatBackend):
     def load(self) -> None:
         """Load the model now (otherwise it is loaded by the first call, so a dry run never loads it)."""
         if self._lm is None:
-            from ..activations import load_language_model
+            from .packaged_judges import PACKAGED_JUDGES, packaged_gguf
 
-            self._set(*load_language_model(self.model, **self._load_kwargs))
+            if self.model in PACKAGED_JUDGES:
+                self._set(*self._load_gguf(packaged_gguf(self.model)))
+            elif self.model.endswith(".gguf"):
+                self._set(*self._load_gguf(Path(self.model)))
+            else:
+                from ..activations import load_language_model
+
+                self._set(*load_language_model(self.model, **self._load_kwargs))
+
+    def _load_gguf(self, path: Path) -> tuple[Any, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..activations.language_models import resolve_dtype
+
+        if not path.is_file():
+            raise ValueError(f"--llm {path}: no such GGUF file; give the path of a .gguf chat model.")
+        dtype = resolve_dtype(self._load_kwargs["dtype"]) or torch.float32  # bf16 is far slower on most CPUs
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        device = self._load_kwargs["device"] or "cpu"
+        return model.to(device).eval().requires_grad_(False), tokenizer
 
     @property
     def identity(self) -> str:

@@ -214,8 +214,8 @@ def build_feature_page(atlas: Atlas, dictionary: Dictionary | None, feature: int
         return (f"<li data-value='{'' if v is None else f'{v:.6g}'}' data-row='{esc(row)}'>{sc_html}<span class='ctx'>{ctx}</span>"
                 f"<span class='tok' title='token id {esc(s.get('token_id'))}, position {esc(s.get('position'))}'>{esc(repr(s.get('token')))}</span>{verdict}</li>")
 
-    def top_list(indices: list[int]) -> str:
-        return f"<ol class='samples top'>{''.join(item(i, samples[i], 'positive', 'fire', True) for i in indices)}</ol>"
+    def top_list(indices: list[int], cls: str = "top") -> str:
+        return f"<ol class='samples {cls}'>{''.join(item(i, samples[i], 'positive', 'fire', True) for i in indices)}</ol>"
 
     if not samples:
         samples_html = "<p><i>none</i></p>"
@@ -248,10 +248,10 @@ def build_feature_page(atlas: Atlas, dictionary: Dictionary | None, feature: int
                 lo, hi = values[chunk[-1]], values[chunk[0]]
                 label = f"quantile band {b + 1} of {NUM_BANDS}: {100 * b // NUM_BANDS}–{100 * (b + 1) // NUM_BANDS} % from the top (values {lo:.3g}–{hi:.3g})"
                 picks = chunk[:: max(1, len(chunk) // SAMPLES_PER_BAND)][:SAMPLES_PER_BAND]
-                bands.append(f"<div class='band'><h4>{esc(label)}</h4>{top_list(picks)}</div>")
+                bands.append(f"<div class='band'><h4>{esc(label)}</h4>{top_list(picks, 'band')}</div>")
             samples_html += "<div class='bands'><h3>Samples by quantile band</h3>" + "".join(bands) + "</div>"
         if dropped:
-            samples_html += f"<details class='all-samples'><summary>All samples ({len(samples)})</summary>{top_list(order)}</details>"
+            samples_html += f"<details class='all-samples'><summary>All samples ({len(samples)})</summary>{top_list(order, 'all')}</details>"
 
     def plain_list(items: list[dict], split: str, cls: str) -> str:
         if not items:

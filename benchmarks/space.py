@@ -6,6 +6,10 @@ times, in one run:
 - ours: start-up (load + scalar index), a table query (explanation search + sort by ComSem score,
   one page), a feature page (cold: one Arrow row read + render; warm: cached), neighbours by
   decoder cosine (d = 576, the embedded model's width);
+- the new pages (issue 16; the atlas with `event` / `logit_effects` columns): the feature page with
+  histogram, logit effects, sorted / shaded contexts and bands (cold), a token search
+  (`token:budget`: first query builds the inverted index, then warm) and a context search
+  (`context:word river`: first query lowers the contexts, then warm);
 - naive: what an app that keeps nothing between clicks does: a table query that materialises the
   atlas with `Dataset.to_pandas()` and filters/sorts it, and a feature page found with
   `Dataset.filter(feature == j)`;
@@ -46,13 +50,18 @@ def naive_table(dataset, query: str) -> list:
     return df.sort_values("comsem_score", ascending=False).head(50).values.tolist()
 
 
+def naive_token_search(dataset, token: str) -> list:
+    """Token search without an index: decode every row's samples in Python."""
+    return [r["feature"] for r in dataset if any(s["token"].strip().lower() == token for s in r["samples"])]
+
+
 def naive_feature(dataset, feature: int) -> dict:
     return dataset.filter(lambda r: r["feature"] == feature, keep_in_memory=True)[0]
 
 
 def run(num_features: int, root: Path, hidden_size: int = 576) -> list[tuple[str, float, float | None]]:
     path = root / f"atlas-{num_features}"
-    synthetic_atlas(path, num_features=num_features)
+    synthetic_atlas(path, num_features=num_features, rich=True)
     t0 = time.perf_counter()
     atlas = Atlas.load(path)
     _ = atlas.index
@@ -77,6 +86,15 @@ def run(num_features: int, root: Path, hidden_size: int = 576) -> list[tuple[str
         ("feature page, cold", timed(feature_cold), timed(lambda: naive_feature(atlas.dataset, 8), repeat=3)),
         ("feature page, cached", timed(lambda: browser.feature(None, 8)), None),
     ]
+    t0 = time.perf_counter()
+    browser.table(None, "token:budget")
+    rows.append(("token search, first (builds the index)", (time.perf_counter() - t0) * 1e3, None))
+    rows.append(("token search (token:budget), warm", timed(lambda: browser.table(None, "token:Budget")),
+                 timed(lambda: naive_token_search(atlas.dataset, "budget"), repeat=1)))
+    t0 = time.perf_counter()
+    browser.table(None, "context:word river")
+    rows.append(("context search, first (lowers contexts)", (time.perf_counter() - t0) * 1e3, None))
+    rows.append(("context search (context:word river), warm", timed(lambda: browser.table(None, "context:word river")), None))
     if dictionary is not None:
         _ = dictionary.unit_decoder
         rows.append((f"neighbours (d={hidden_size}, top 10)", timed(lambda: dictionary.neighbours(8, 10)), None))

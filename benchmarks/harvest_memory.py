@@ -5,7 +5,10 @@ sites (resid_post, mlp_in, mlp_out of every layer) are harvested in one pass, so
 stores 12 x 256 float32 = 12 KiB and ~360k tokens of the embedded corpus make a > 4 GB cache. The
 same process then reads every batch back with `ActivationCache.iter_batches` (shuffled, all sites)
 and reports its peak resident set size (`ru_maxrss`: the largest RSS the process ever had, model,
-Python, torch and page-ins included). It needs ~4.5 GB of free disk; the cache is deleted after.
+Python, torch and page-ins included) and, sampled every 20 ms from /proc/self/status, the peak of its
+anonymous memory (`RssAnon`: what the process allocated, without the file pages of shards it has
+mapped, which the kernel keeps or drops depending on the rest of the machine). It needs ~4.5 GB of free
+disk; the cache is deleted after.
 
 Run: `python benchmarks/harvest_memory.py [--gib 4.2] [--json]`.
 """
@@ -15,6 +18,7 @@ import json
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +31,39 @@ from hf_bae.testing import tiny_causal_lm
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class PeakSampler:
+    """Peaks of the /proc/self/status fields `RssAnon` and `RssFile` (bytes), sampled in a thread."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.peaks = every, {"RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in self.peaks:
+                        self.peaks[key] = max(self.peaks[key], int(value.split()[0]) * 1024)
+        except OSError:  # not Linux: the peaks stay 0 and the caller reports ru_maxrss only
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
 
 def main() -> None:
@@ -42,6 +79,7 @@ def main() -> None:
     bytes_per_token = len(sites) * hidden * 4
     num_tokens = int(args.gib * 2**30 / bytes_per_token) + 1
     root = Path(args.dir or tempfile.mkdtemp(prefix="hf_bae-memory-"))
+    sampler = PeakSampler().__enter__()
     try:
         model, tokenizer = tiny_causal_lm("llama", root / "model", num_layers=layers, hidden_size=hidden, intermediate_size=64, vocab_size=4096)
         start_rss = peak_rss_bytes()
@@ -69,6 +107,9 @@ def main() -> None:
             "peak_rss_after_harvest_bytes": harvest_rss,
             "peak_rss_bytes": peak_rss_bytes(),
         }
+        sampler.__exit__(None, None, None)
+        result["peak_anon_bytes"] = sampler.peaks["RssAnon"]
+        result["peak_file_bytes"] = sampler.peaks["RssFile"]
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -83,6 +124,8 @@ def main() -> None:
     print(f"| peak RSS before harvest (model + imports) | {result['rss_before_harvest_bytes'] / gib:.2f} GiB |")
     print(f"| peak RSS after harvest | {result['peak_rss_after_harvest_bytes'] / gib:.2f} GiB |")
     print(f"| peak RSS after harvest + read | {result['peak_rss_bytes'] / gib:.2f} GiB |")
+    print(f"| peak anonymous memory (RssAnon) | {result['peak_anon_bytes'] / gib:.2f} GiB |")
+    print(f"| peak mapped file pages (RssFile) | {result['peak_file_bytes'] / gib:.2f} GiB |")
 
 
 if __name__ == "__main__":

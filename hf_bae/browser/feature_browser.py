@@ -1,6 +1,7 @@
 """`FeatureBrowser`, the view model of the feature browser (what the Gradio Space, `hf_bae.space`, shows,
 without Gradio): atlases (one, or several side by side), their dictionaries, the views over them, and
-the caches that keep it responsive (overview drawn once, feature pages kept, one LM per name)."""
+the caches that keep it responsive (overview drawn once, feature pages kept, one LM per name, the
+nearest-feature table of a compared pair computed once)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 
 from ..activations.language_models import load_language_model
 from .atlas_view import Atlas
+from .compare import Nearest, check_comparable, compare_page, nearest_features
 from .dictionary_view import Dictionary, check_compatible
 from .feature_page import FeaturePage, build_feature_page
 from .overview import describe, overview_html, summary
 from .plots import frequency_plot, score_plot
 from .table import table_page
+from .steering import SteeringView, steering_view
 from .try_it import TryIt, analyse_text, language_model_of, load_message
 
 DEFAULT_MAX_TOKENS = 256
@@ -63,6 +66,7 @@ class FeatureBrowser:
         self._lms: dict[tuple[str, str | None], tuple[Any, Any]] = {}
         self._overview: tuple | None = None
         self._pages: OrderedDict[tuple[str, int, int], FeaturePage] = OrderedDict()
+        self._nearest: dict[tuple[str, str], tuple[Nearest, list[str]]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -191,3 +195,45 @@ class FeatureBrowser:
             raise ValueError("Type some text to analyse.")
         model, tokenizer = self._lm(atlas, d)
         return analyse_text(atlas, d, model, tokenizer, text, self.max_tokens, top_k=top_k, max_features=max_features, rare_only=rare_only)
+
+    def steer(self, name: str | None, text: str, feature: int, strength: float) -> SteeringView:
+        """Add `feature`'s decoder direction (sign by its event) at the site its dictionary writes, at
+        `strength` times the site's typical activation norm, and compare the next-token distribution
+        after `text` without and with it (`hf_bae.browser.steering`)."""
+        atlas = self.atlas(name)
+        d = self.dictionaries.get(atlas.name)
+        if d is None:
+            raise ValueError(f"Steering needs the dictionary of atlas '{atlas.name}': pass `--dictionary DIR` for it.")
+        if feature is None or float(feature) != int(feature):
+            raise ValueError(f"Feature id must be an integer, got {feature}.")
+        text = text or ""
+        if not text.strip():
+            raise ValueError("Type some text to steer on.")
+        model, tokenizer = self._lm(atlas, d)
+        return steering_view(atlas, d, model, tokenizer, text, int(feature), float(strength), self.max_tokens)
+
+    # -- compare ------------------------------------------------------------------------------
+    @property
+    def comparable(self) -> list[str]:
+        """Names of the atlases that have a dictionary (what the Compare tab offers)."""
+        return [n for n in self.names if self.dictionaries.get(n) is not None]
+
+    def nearest(self, a: str, b: str) -> tuple[Nearest, list[str]]:
+        """For each feature of A, its nearest features of B by decoder cosine; computed once per pair."""
+        atlas_a, atlas_b = self.atlas(a), self.atlas(b)
+        key = (atlas_a.name, atlas_b.name)
+        with self._lock:
+            if key in self._nearest:
+                return self._nearest[key]
+        da, db = self.dictionaries.get(atlas_a.name), self.dictionaries.get(atlas_b.name)
+        notes = check_comparable(atlas_a, da, atlas_b, db)
+        result = (nearest_features(da, db), notes)
+        with self._lock:
+            self._nearest[key] = result
+        return result
+
+    def compare(self, a: str, b: str, query: str = "", page: int = 1, page_size: int = 25) -> tuple[str, int]:
+        """(HTML, matching features of A): one page of A's features (searched as the table) with their
+        nearest features of B by decoder cosine and both explanations."""
+        nearest, notes = self.nearest(a, b)
+        return compare_page(self.atlas(a), self.atlas(b), nearest, notes, query, page, page_size)

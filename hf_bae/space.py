@@ -1,6 +1,6 @@
 """The Gradio feature browser (the Space in `spaces_app/`, and `hf-bae space`).
 
-`build_demo(browser)` lays out four tabs over a `FeatureBrowser`:
+`build_demo(browser)` lays out four tabs (five when two dictionaries can be compared) over a `FeatureBrowser`:
 
 - Overview: counts, dead / dense, code-set entropy, frequency and ComSem histograms; several
   atlases side by side.
@@ -11,10 +11,14 @@
   quantile bands, judge verdicts, neighbours by decoder cosine.
 - Try it: per token the features that fire with their values (click a token for its top features
   and their explanations; "rare only" hides usually-on codes), per feature where it fires; the
-  first load of the LM shows what it is doing.
+  first load of the LM shows what it is doing. Steering: add a feature's decoder direction at its
+  site (strength in units of the site's typical activation norm) and see the next-token
+  distribution before / after, with the KL divergence.
+- Compare (two or more atlases with dictionaries): for each feature of A its nearest features of B
+  by decoder cosine, with both explanations; every id opens that feature in its own atlas.
 
 Clicking a row of any table, or a feature chip under a token, opens that feature's page. Each
-view is also a named API endpoint (`/overview`, `/table`, `/feature`, `/try_it`) for
+view is also a named API endpoint (`/overview`, `/table`, `/feature`, `/try_it`, `/steer`, `/compare`) for
 `gradio_client`. Gradio is imported only when the app is built, so the rest of hf_bae does not need it.
 """
 
@@ -78,6 +82,14 @@ span.act { border-radius: 2px; }
 ol.samples .value { font-family: monospace; font-size: 0.8em; opacity: 0.6; margin-right: 6px; }
 .note { font-size: 0.85em; opacity: 0.8; }
 .bands h4 { margin: 8px 0 2px 0; font-size: 0.9em; }
+.steer-cols { display: flex; flex-wrap: wrap; gap: 24px; }
+.steering table, table.compare { font-size: 0.88em; border-collapse: collapse; }
+.steering td, .steering th { padding: 1px 8px; text-align: left; }
+.steering .steer-token { font-family: monospace; }
+.steering td.up { color: #1b5e20; } .steering td.down { color: #b71c1c; }
+table.compare td, table.compare th { padding: 3px 8px; text-align: left; vertical-align: top; border-bottom: 1px solid var(--border-color-primary); }
+table.compare ol.nearest { margin: 0; padding-left: 1.4em; }
+table.compare .cos { font-family: monospace; margin: 0 6px; }
 """
 
 # Clicks on a feature chip anywhere inside the component (delegated, so it survives re-renders).
@@ -97,6 +109,14 @@ element.addEventListener('click', (event) => {
     cell.classList.add('selected');
     panel.innerHTML = cell.querySelector('.token-detail').innerHTML;
   }
+});
+"""
+
+# In the Compare tab an id opens that feature in its own atlas (A's or B's).
+COMPARE_JS = """
+element.addEventListener('click', (event) => {
+  const chip = event.target.closest('[data-open]');
+  if (chip) trigger('click', {feature: parseInt(chip.dataset.open, 10), atlas: chip.dataset.atlas});
 });
 """
 
@@ -323,6 +343,30 @@ def build_demo(browser: FeatureBrowser):
             pd.DataFrame(result.per_token, columns=["position", "token", "features firing", "strongest features", "their values"]),
         )
 
+    @guard
+    def steer(atlas: str, text: str, feature_id: float | None, strength: float = 4.0, progress=gr.Progress()):
+        """Steering HTML: the feature's decoder direction added at its site at `strength` times the site's
+        typical activation norm; the next-token distribution before / after and the KL divergence."""
+        if feature_id is None:
+            raise ValueError("Enter the id of the feature to steer with.")
+        pending = browser.lm_pending(atlas)
+        if pending:
+            progress(0.05, desc=pending)
+            print(f"hf_bae space: {pending}", flush=True)
+        return browser.steer(atlas, text, feature_id, float(strength)).html
+
+    @guard
+    def compare_view(a: str, b: str, query: str = "", page: float = 1):
+        """One page (25 features) of A with each feature's nearest features of B by decoder cosine, and a line
+        saying which features these are."""
+        page = max(1, int(page or 1))
+        body, total = browser.compare(a, b, query or "", page, 25)
+        first = (page - 1) * 25 + 1
+        return body, f"{total:,} features of {a}" + (f" · {first:,}–{min(total, first + 24):,}" if total >= first else " · none on this page")
+
+    def open_from_compare(evt: gr.EventData):
+        return int(evt.feature), gr.Dropdown(value=evt.atlas), gr.Tabs(selected="feature")
+
     def retoggle(atlas: str, text: str, rare_only: bool):
         # The toggle re-runs an analysis already asked for; with no text yet it waits for one.
         if not (text or "").strip():
@@ -389,6 +433,25 @@ def build_demo(browser: FeatureBrowser):
                                            elem_id="tryit-features", column_widths=["8%", "8%", "54%", "30%"], max_height=500)
                 with gr.Accordion("Per token", open=False):
                     per_token = gr.Dataframe(interactive=False, elem_id="tryit-tokens-table")
+                gr.Markdown("### Steer: add a feature's decoder direction and see the next token change")
+                with gr.Row():
+                    steer_feature = gr.Number(label="Feature", value=None, precision=0, elem_id="steer-feature", scale=1)
+                    steer_strength = gr.Slider(-10, 10, value=4, step=0.5, elem_id="steer-strength", scale=3,
+                                               label="Strength, in units of the site's typical activation norm (the mean ‖activation‖ over the text's tokens)")
+                    steer_run = gr.Button("Steer", elem_id="steer-run", scale=1)
+                gr.Markdown("The direction is the feature's decoder column, signed so that a positive strength moves toward its event "
+                            "(a usually-on BAE code: toward off), added at every token of the text above.", elem_classes=["note"])
+                steer_out = gr.HTML(elem_id="steer-result", js_on_load=None)
+            comparable = browser.comparable
+            if len(comparable) >= 2:
+                with gr.Tab("Compare", id="compare") as compare_tab:
+                    with gr.Row():
+                        compare_a = gr.Dropdown(choices=comparable, value=comparable[0], label="A", elem_id="compare-a", scale=1)
+                        compare_b = gr.Dropdown(choices=comparable, value=comparable[1], label="B", elem_id="compare-b", scale=1)
+                        compare_query = gr.Textbox(label="Features of A (id, explanation, token:… / context:…)", elem_id="compare-query", scale=3)
+                        compare_page = gr.Number(label="Page", value=1, precision=0, minimum=1, elem_id="compare-page", scale=1)
+                    compare_info = gr.Markdown(elem_id="compare-info")
+                    compare_html = gr.HTML(elem_id="compare-result", js_on_load=COMPARE_JS)
 
         table_inputs = [atlas, query, sort_by, descending, hide_dead, page]
         ui_table_inputs = [atlas, query, search_in, sort_by, descending, hide_dead, page]
@@ -412,6 +475,18 @@ def build_demo(browser: FeatureBrowser):
         # As an API endpoint the toggle is an optional third input (gradio_client fills its default).
         run.click(try_it, inputs=[atlas, text, rare], outputs=try_outputs, api_name="try_it", concurrency_limit=1, concurrency_id="lm")
         text.submit(try_it, inputs=[atlas, text, rare], outputs=try_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="lm")
+        steer_inputs = [atlas, text, steer_feature, steer_strength]
+        steer_run.click(steer, inputs=steer_inputs, outputs=steer_out, api_name="steer", concurrency_limit=1, concurrency_id="lm")
+        steer_feature.submit(steer, inputs=steer_inputs, outputs=steer_out, api_visibility="private", concurrency_limit=1, concurrency_id="lm")
+        if len(comparable) >= 2:
+            compare_inputs = [compare_a, compare_b, compare_query, compare_page]
+            compare_outputs = [compare_html, compare_info]
+            compare_tab.select(compare_view, inputs=compare_inputs, outputs=compare_outputs, api_name="compare")
+            for trigger in (compare_a.change, compare_b.change, compare_query.submit, compare_page.submit):
+                trigger(compare_view, inputs=compare_inputs, outputs=compare_outputs, api_visibility="private")
+            compare_html.click(open_from_compare, outputs=[feature_id, atlas, tabs], api_visibility="private").success(
+                feature, inputs=[atlas, feature_id], outputs=feature_outputs, api_visibility="private"
+            )
         rare.change(retoggle, inputs=[atlas, text, rare], outputs=try_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="lm")
     return demo
 

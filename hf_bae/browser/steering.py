@@ -146,7 +146,7 @@ def steering_view(atlas: Atlas, dictionary: Dictionary, model: Any, tokenizer: A
             change = a - b
             cls = "up" if change > 0 else ("down" if change < 0 else "")
             out.append(f"<tr data-token-id='{i}' data-before='{b:.6g}' data-after='{a:.6g}'><td class='steer-token'>{name(i)}</td>"
-                       f"<td>{b:.3f}</td><td>{a:.3f}</td><td class='{cls}'>{change:+.3f}</td></tr>")
+                       f"<td>{b:.3g}</td><td>{a:.3g}</td><td class='{cls}'>{change:+.2g}</td></tr>")
         return "".join(out)
 
     head = "<tr><th>token</th><th>p before</th><th>p after</th><th>change</th></tr>"

@@ -174,3 +174,64 @@ def test_feature_page_search_and_try_it_in_chromium(rich_browser, tmp_path):
     for name in ("5-search", "6-feature-rich", "7-bae-off-event", "8-try-it-token", "9-try-it-rare"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     print(f"\nscreenshots: {tmp_path}")
+
+
+def test_steer_and_compare_in_chromium(rich_browser, tmp_path):
+    """Try it's steering (issue 16, item 3) and the Compare tab (item 2) through the real page."""
+    app, bae_rows, sae_rows = rich_browser
+    j = max(range(len(sae_rows)), key=lambda f: sae_rows[f]["logit_effects"]["promoted"][0]["value"])
+    promoted = sae_rows[j]["logit_effects"]["promoted"][0]["token_id"]
+    demo, url = serve(app)
+    try:
+        with sync_api.sync_playwright() as p:
+            chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            page = chromium.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            sync_api.expect(page.locator("#overview-summary")).to_contain_text("code-set entropy")
+            page.locator("#atlas-choice input").first.click()
+            page.get_by_role("option", name="SAE").click()
+
+            # Steer with the SAE feature whose direct logit effect is largest: its top promoted token rises.
+            page.get_by_role("tab", name="Try it").click()
+            page.locator("#tryit-text textarea").fill("The president spoke to the congress about the")
+            page.locator("#steer-feature input").fill(str(j))
+            strength = page.locator("#steer-strength input[type='number']")
+            strength.fill("8")
+            strength.press("Enter")
+            page.locator("#steer-run").click()
+            result = page.locator("#steer-result .steering")
+            sync_api.expect(result).to_be_visible()
+            sync_api.expect(result).to_contain_text("strength 8 × the site's typical activation norm")
+            assert float(result.get_attribute("data-kl")) > 0
+            before = page.locator("#steer-result table.steer-before tr[data-token-id]")
+            after = page.locator("#steer-result table.steer-after tr[data-token-id]")
+            assert before.count() == 10 and after.count() == 10
+            rows = after.evaluate_all("els => els.map(e => [parseInt(e.dataset.tokenId), parseFloat(e.dataset.before), parseFloat(e.dataset.after)])")
+            hit = [r for r in rows if r[0] == promoted]
+            assert hit and hit[0][2] > hit[0][1], (promoted, rows)  # its probability rose
+            assert [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
+            page.screenshot(path=str(tmp_path / "10-steer.png"), full_page=True)
+
+            # Compare: BAE's features with their nearest SAE features by decoder cosine; an SAE id opens it.
+            page.get_by_role("tab", name="Compare").click()
+            sync_api.expect(page.locator("#compare-info")).to_contain_text("64 features of BAE")
+            table_rows = page.locator("#compare-result table.compare tr[data-feature]")
+            sync_api.expect(table_rows).to_have_count(25)
+            cosines = table_rows.first.locator("ol.nearest li").evaluate_all("els => els.map(e => parseFloat(e.dataset.cosine))")
+            assert len(cosines) == 5 and cosines == sorted(cosines, reverse=True)
+            sync_api.expect(page.locator("#compare-result .compare-summary")).to_contain_text("Mean best cosine")
+            page.screenshot(path=str(tmp_path / "11-compare.png"), full_page=True)
+            target = table_rows.first.locator("ol.nearest button.chip").first
+            b_id = target.get_attribute("data-open")
+            target.click()
+            header = page.locator("#feature-header")
+            sync_api.expect(header).to_contain_text(f"Feature {b_id}")
+            sync_api.expect(header).to_contain_text("SAE")
+            page.screenshot(path=str(tmp_path / "12-from-compare.png"), full_page=True)
+            chromium.close()
+    finally:
+        demo.close()
+    for name in ("10-steer", "11-compare", "12-from-compare"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    print(f"\nscreenshots: {tmp_path}")

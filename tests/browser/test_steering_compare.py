@@ -72,7 +72,7 @@ def test_steering_view_signs_by_event_and_shows_the_change(world):  # noqa: F811
     assert f"data-token-id='{t}'" in after.split("</tr>")[1]  # t leads the "after" list
     assert EVIL not in view.html  # the tokens are escaped
     strength0 = steering_view(sae_atlas, Dictionary(world["sae"]), model, tok, TEXT, 3, 0.0, 256)
-    assert strength0.shift.kl == 0.0 and "+0.000" in strength0.html
+    assert strength0.shift.kl == 0.0 and "+0<" in strength0.html and "class='up'" not in strength0.html and "class='down'" not in strength0.html
 
     rows = build_atlas(root / "bae-rich-steer", model, tok, world["bae"], rich=True)
     bae_atlas = Atlas.load(str(root / "bae-rich-steer"))

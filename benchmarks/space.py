@@ -16,6 +16,9 @@ times, in one run:
 
 and prints a table with the ratios; then the same clicks as HTTP round trips through the running
 app (gradio_client), on the first size. Usage: `python benchmarks/space.py [--sizes 10000 100000]`.
+
+`--compare_only`: the Compare tab alone (two random BAEs of m features, d = 576): the nearest-feature
+table, computed once (m × m × d multiply-adds in row blocks, top 5), then a page of it (warm).
 """
 
 import argparse
@@ -101,6 +104,22 @@ def run(num_features: int, root: Path, hidden_size: int = 576) -> list[tuple[str
     return rows
 
 
+def compare_run(num_features: int, root: Path, hidden_size: int = 576) -> list[tuple[str, float, float | None]]:
+    """The Compare tab: nearest features of B for every feature of A (once), then one page (warm)."""
+    path = root / f"atlas-{num_features}"
+    if not path.exists():
+        synthetic_atlas(path, num_features=num_features, rich=True)
+    torch.manual_seed(0)
+    a, b = (Dictionary(BinaryAutoencoder(BAEConfig(hidden_size=hidden_size, latent_size=num_features, layer=6))) for _ in range(2))
+    browser = FeatureBrowser([Atlas.load(path, name="A"), Atlas.load(path, name="B")], [a, b])
+    _ = a.unit_decoder, b.unit_decoder
+    t0 = time.perf_counter()
+    browser.nearest("A", "B")
+    first = (time.perf_counter() - t0) * 1e3
+    return [(f"compare: nearest table (d={hidden_size}, top 5), once", first, None),
+            ("compare: one page (25 features), warm", timed(lambda: browser.compare("A", "B", "", 3)), None)]
+
+
 def over_http(num_features: int, root: Path) -> list[tuple[str, float]]:
     """Round trips through the running app with gradio_client (what a user's click costs, end to end)."""
     from gradio_client import Client
@@ -126,9 +145,16 @@ def over_http(num_features: int, root: Path) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--compare_only", action="store_true", help="Time only the Compare tab.")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.compare_only:
+            print("| features | operation | ms |\n|---:|---|---:|")
+            for n in args.sizes:
+                for name, ours, _ in compare_run(n, Path(tmp)):
+                    print(f"| {n:,} | {name} | {ours:.1f} |")
+            return
         print("| features | operation | ours (ms) | naive (ms) | naive / ours |\n|---:|---|---:|---:|---:|")
         for n in args.sizes:
             for name, ours, naive in run(n, Path(tmp)):

@@ -86,8 +86,8 @@ def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_fe
     `rich`: also the columns of the newer schema — `event` ("off" for a usually-on BAE code, whose
     samples are then the tokens where it is off, scored by its deviation p), `logit_effects` (top 10
     of W_U · d_j through the LM's unembedding) — and per-token `token_values` in each sample (the
-    feature's value, BAE: deviation, at every token of the context); samples are kept in corpus order
-    (the paper's selection), so the browser has to sort them."""
+    feature's value, BAE: the code, at every token of the context, as `hf-bae atlas` stores them);
+    samples are kept in corpus order (the paper's selection), so the browser has to sort them."""
     import datasets
 
     from hf_bae.formats import AtlasInfo, save_atlas_info
@@ -117,7 +117,6 @@ def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_fe
     if rich:
         w_u = model.get_output_embeddings().weight.detach().float()  # [V, d]
         effects = w_u @ dictionary.decoder.weight.detach().float()  # [V, m]: column j is W_U · d_j
-        strength = (value - freq).abs() if deviation else value  # the value each token has, as the browser shades it
         token_rows: dict[int, list[int]] = {}
         for i, rec in enumerate(records):
             token_rows.setdefault(rec[5], []).append(i)
@@ -140,7 +139,7 @@ def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_fe
         )
         if rich:
             for s, i in zip(samples, idx):
-                s["token_values"] = [dict(start=records[t][1], end=records[t][2], value=float(strength[t, j])) for t in token_rows[records[i][5]]]
+                s["token_values"] = [dict(start=records[t][1], end=records[t][2], value=float(value[t, j])) for t in token_rows[records[i][5]]]
             for s in non_activating:
                 s["token_values"] = []
             top, bottom = effects[:, j].topk(10), (-effects[:, j]).topk(10)
@@ -162,13 +161,16 @@ def build_atlas(path: Path, model, tokenizer, dictionary, layer: int = 0, per_fe
 
 
 def atlas_features():
-    """The atlas schema of an atlas built before the `event` / `logit_effects` columns (what a browser
-    must still read), from where `hf-bae atlas` defines the current one."""
+    """The atlas schema of an atlas built before the `event` / `logit_effects` columns and the samples'
+    `token_values` (what a browser must still read), from where `hf-bae atlas` defines the current one."""
     import datasets
 
     from hf_bae.interpret.atlas_format import atlas_features
 
-    return datasets.Features({k: v for k, v in atlas_features().items() if k not in ("event", "logit_effects")})
+    current = atlas_features()
+    sample = datasets.List({k: v for k, v in current["samples"].feature.items() if k != "token_values"})
+    old = {k: v for k, v in current.items() if k not in ("event", "logit_effects")}
+    return datasets.Features({**old, "samples": sample, "non_activating": sample})
 
 
 def rich_atlas_features():

@@ -133,11 +133,20 @@ def logit_html(rec: dict[str, Any]) -> str:
             + "</div></div>")
 
 
-def token_spans(s: dict[str, Any], same_context: list[dict], deviation: bool) -> list[tuple[int, int, float]]:
+def token_spans(s: dict[str, Any], same_context: list[dict], deviation: bool, event: str | None = None) -> list[tuple[int, int, float]]:
     """Values of the tokens of a sample's context: the atlas's per-token `token_values` when the sample
-    has them, else the values of this feature's samples that share the context (other tokens unknown)."""
+    has them, else the values of this feature's samples that share the context (other tokens unknown).
+
+    `token_values` hold the feature's value (a BAE code, an SAE latent); a deviation-scored code is
+    shaded by its deviation from the usual state, as its samples are ranked: |value − mean|, the mean
+    read off the sample itself (its score is |activation − mean|, the activation above the mean for
+    event "on", below it for "off")."""
     per_token = s.get("token_values")
     if per_token:
+        a, score = s.get("activation"), s.get("score")
+        if deviation and isinstance(a, (int, float)) and isinstance(score, (int, float)):
+            mean = a + score if event == "off" else a - score
+            return [(int(t["start"]), int(t["end"]), abs(float(t["value"]) - mean)) for t in per_token]
         return [(int(t["start"]), int(t["end"]), float(t["value"])) for t in per_token]
     return [(int(o.get("start") or 0), int(o.get("end") or 0), sample_value(o, deviation)) for o in same_context]
 
@@ -207,7 +216,7 @@ def build_feature_page(atlas: Atlas, dictionary: Dictionary | None, feature: int
         context, start, end, token = s.get("context") or "", int(s.get("start") or 0), int(s.get("end") or 0), s.get("token") or ""
         if shaded:
             same = by_context.get((s.get("row"), context), [s])
-            ctx = shade_context(context, start, end, token_spans(s, same, deviation), scale, cls, token)
+            ctx = shade_context(context, start, end, token_spans(s, same, deviation, event), scale, cls, token)
         else:
             ctx = highlight_context(context, start, end, cls, token)
         row = s.get("row")

@@ -3,8 +3,9 @@
 A run streams texts through the language model (`hf_bae.activations`), encodes the hooked site with
 the dictionary, scores every feature on every token (`atlas_scoring`), and lets each token join the
 sample list of its `top_k` features (the paper's per-token quota; `atlas_samples`). It also records
-each feature's firing frequency and dead/dense flags (`hf_bae.metrics.FeatureStats`) and a few
-contexts where it is in its usual state (`non_activating`). The result is a `datasets.Dataset` and an
+each feature's firing frequency and dead/dense flags (`hf_bae.metrics.FeatureStats`), a few
+contexts where it is in its usual state (`non_activating`), and per sample the feature's value at
+every token of its context (`token_values`, copied from the batch that holds the sample's row). The result is a `datasets.Dataset` and an
 `AtlasInfo` (`atlas_format` saves and loads them).
 
 Samples are *events* (`atlas_scoring`): tokens where an SAE latent or a usually-off BAE code fires
@@ -35,7 +36,7 @@ from ..configuration import option
 from ..formats import DEFAULT_DENSE_THRESHOLD, AtlasInfo
 from ..modeling_base import config_hash
 from .atlas_format import atlas_features
-from .atlas_samples import ContextBuilder, NegativeSampler, SampleSelector
+from .atlas_samples import ContextBuilder, NegativeSampler, SampleSelector, TokenValueStore
 from .atlas_scoring import FeatureScorer, dictionary_fingerprint, score_definition, top_k_features
 from .logit_effects import dictionary_logit_effects, logit_effects_unavailable
 
@@ -80,6 +81,11 @@ class AtlasConfig:
     seed: int = option(0, "Seed of the random baseline's scores and of the non-activating samples.")
     cache_activations_gb: float = option(
         2.0, "Activations kept in memory between the two passes (BAE, rescaled SAE); beyond it the texts are streamed twice."
+    )
+    token_values: bool = option(
+        True,
+        "Store in each sample the feature's value at every token of its context (`token_values`, for the browser's "
+        "shading); costs features x samples_per_feature x context_length x 4 bytes of memory while building.",
     )
     logit_effects_k: int = option(
         10, "Top promoted and suppressed tokens stored per feature (W_U · decoder direction, the `logit_effects` column); 0 = none."
@@ -177,6 +183,8 @@ def build_atlases(
 
     selectors = [SampleSelector(s.num_features, config.samples_per_feature, config.selection) for s in scorers]
     negatives = [NegativeSampler(s.num_features, config.num_non_activating, config.seed) for s in scorers]
+    # The random baseline has no feature values to shade contexts with.
+    row_values = [TokenValueStore() if config.token_values and s.kind != "random" else None for s in scorers]
     rows: list[np.ndarray] = []
     num_tokens = num_rows = 0
     for batch in (cached if cached is not None else stream()):
@@ -190,7 +198,9 @@ def build_atlases(
         n = seq.shape[0]
         num_tokens += n
         acts = {s: batch.activations[s] for s in sites}
-        for scorer, selector, neg in zip(scorers, selectors, negatives):
+        token_index = (TokenValueStore.token_index(batch.row_index.cpu(), batch.positions.cpu(), ids.shape[0], ctx)
+                       if any(v is not None for v in row_values) else None)
+        for scorer, selector, neg, store in zip(scorers, selectors, negatives, row_values):
             primary, tie, fired, value = scorer.score(acts, n)
             event = scorer.events(value, fired) if fired is not None else None
             if config.active_only and event is not None:
@@ -211,6 +221,10 @@ def build_atlases(
                 (tie[tok_idx, feat_idx] if tie is not None else torch.zeros(len(tok_idx))).double().numpy(),
                 value[tok_idx, feat_idx].double().numpy(), count=False,
             )
+            if store is not None:
+                # The batch holds the sample's whole row: copy its values now, while they exist.
+                store.add(*selector.kept_from(batch.first_row * ctx), value, token_index, batch.first_row)
+                store.prune(*selector.kept())
             # Negatives: the usual state (off, or on for a usually-on BAE code), never a pick.
             neg.add(~(event | picked), seq, None if scorer.kind == "random" else value)
         del batch
@@ -224,7 +238,7 @@ def build_atlases(
     out = []
     base_source = dict(source or {})
     paths = list(dictionary_paths or [None] * len(dictionaries))
-    for scorer, selector, neg, dictionary, path in zip(scorers, selectors, negatives, dictionaries, paths):
+    for scorer, selector, neg, store, dictionary, path in zip(scorers, selectors, negatives, row_values, dictionaries, paths):
         freq = scorer.stats.frequencies
         dead = scorer.stats.dead_mask()
         dense = scorer.stats.dense_mask(config.dense_threshold)
@@ -238,7 +252,8 @@ def build_atlases(
             logit_meta["reason"] = logit_effects_unavailable(dictionary, model, config.logit_effects_k)
         for j in tqdm(range(scorer.num_features), desc=f"atlas ({scorer.kind})", unit="feature", disable=not progress):
             k = kept[j]
-            samples = [contexts.record(q, s, a) for q, s, a in zip(k["seq"], k["score"], k["activation"])]
+            samples = [contexts.record(q, s, a, store.get(j, q) if store is not None else None)
+                       for q, s, a in zip(k["seq"], k["score"], k["activation"])]
             non_act = [contexts.record(q, 0.0, v) for q, v in neg.per_feature_values(j)]
             records.append({
                 "feature": j, "frequency": float(freq[j]), "is_dead": bool(dead[j]), "is_dense": bool(dense[j]),

@@ -15,7 +15,11 @@ it holds the run's metadata, `AtlasInfo`):
   {token (str), token_id (int), position (int), context (str), start (int), end (int) — character
   offsets of the token in `context` (start == end for a special token, which is not in the
   context text) —, score (float: the selection score above), activation (float: the code or
-  latent value), row (int) and row_position (int): where the token sits in the packed corpus}.
+  latent value), row (int) and row_position (int): where the token sits in the packed corpus,
+  token_values (list of {start (int), end (int), value (float)}): the feature's value (BAE: the
+  code value; SAE: the latent) at every token of `context`, offsets as start/end (the sample's own
+  token is the entry with its start/end and its `activation`); empty for non_activating samples,
+  the random baseline and atlases built with token_values=False; None in atlases written before it}.
 - non_activating (list, same struct): up to `num_non_activating` tokens, uniformly sampled
   (seeded), where the feature is in its usual state (does not fire; is on for event "off") and
   was not picked; used by the beyond-paper specificity test. Their `activation` is the feature's
@@ -55,6 +59,7 @@ def atlas_features():
         "context": datasets.Value("string"), "start": datasets.Value("int64"), "end": datasets.Value("int64"),
         "score": datasets.Value("float64"), "activation": datasets.Value("float64"),
         "row": datasets.Value("int64"), "row_position": datasets.Value("int64"),
+        "token_values": datasets.List({"start": datasets.Value("int64"), "end": datasets.Value("int64"), "value": datasets.Value("float64")}),
     }
     verdict = {"sample_index": datasets.Value("int64"), "split": datasets.Value("string"), "answer": datasets.Value("string")}
     effect = {"token": datasets.Value("string"), "token_id": datasets.Value("int64"), "value": datasets.Value("float64")}
@@ -105,6 +110,8 @@ def load_atlas(path: str | os.PathLike):
 
 # Columns added to the schema after atlases were first written, with the value an older atlas reads as.
 ADDED_COLUMNS = ("event", "logit_effects")
+# Fields added to the sample struct (`samples`, `non_activating`) since; an older atlas reads them as None.
+ADDED_SAMPLE_FIELDS = ("token_values",)
 
 
 def atlas_from_rows(rows: list[dict[str, Any]]):
@@ -117,15 +124,18 @@ def atlas_from_rows(rows: list[dict[str, Any]]):
 
 
 def with_current_columns(dataset):
-    """`dataset` with the columns an older atlas lacks (`ADDED_COLUMNS`) added as None, so that it has the
+    """`dataset` with the columns an older atlas lacks (`ADDED_COLUMNS`) added as None and its samples
+    given the fields added since (`ADDED_SAMPLE_FIELDS`, None), so that it has the
     current schema (`atlas_features`) and everything that writes results back into it works unchanged.
     An old atlas's `event` stays None: it was built before events were recorded (read it as "on")."""
     missing = [c for c in ADDED_COLUMNS if c not in dataset.column_names]
-    if not missing:
-        return dataset
     features = atlas_features()
     for column in missing:
         dataset = dataset.add_column(column, [None] * len(dataset), feature=features[column])
+    sample_fields = set(dataset.features["samples"].feature) if "samples" in dataset.features else set()
+    if any(f not in sample_fields for f in ADDED_SAMPLE_FIELDS):
+        # An Arrow cast fills the missing struct fields with None (no row is read in Python).
+        dataset = dataset.cast(features)
     return dataset
 
 

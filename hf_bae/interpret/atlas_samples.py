@@ -1,13 +1,19 @@
 """Which samples an atlas keeps, as state over the activation stream: per feature the first
 (corpus order, the paper's) or best-scoring samples (`SampleSelector`), a uniform sample of tokens
-in its usual state (`NegativeSampler`: where it does not fire, or is on for a usually-on BAE code), and the sample records with their contexts
-(`ContextBuilder`).
+in its usual state (`NegativeSampler`: where it does not fire, or is on for a usually-on BAE code), the
+feature's values at every token of each kept sample's row (`TokenValueStore`), and the sample records with
+their contexts and per-token values (`ContextBuilder`).
 
 The sample unit is a token in its context. Texts are packed into rows of `context_length` tokens
 (hf_bae.activations), so a sample's context is the stretch of its row between document
 boundaries (special tokens such as BOS/EOS start a new stretch), optionally cut to
 `max_context_tokens` tokens either side of the token. `position` is the token's index in that
 stretch (a leading BOS is index 0, as in the original, which tokenized each sentence with BOS).
+
+A context never leaves its row and a stream batch holds whole rows, so the feature's values at every
+token of a sample's context are known in the batch that offers the sample: `TokenValueStore` copies
+the row's values then (float32, `context_length` values per kept sample), and `ContextBuilder` turns
+them into `token_values` spans of the context text.
 """
 
 from __future__ import annotations
@@ -56,6 +62,15 @@ class SampleSelector:
         keep = (np.arange(len(f)) - starts) < self.capacity
         self._cols = {k: v[keep] for k, v in cols.items()}
 
+    def kept_from(self, seq: int) -> tuple[np.ndarray, np.ndarray]:
+        """(feature, seq) of the kept samples whose seq id is >= `seq` (those of the latest batch, as rows
+        arrive in order)."""
+        new = self._cols["seq"] >= seq
+        return self._cols["feature"][new], self._cols["seq"][new]
+
+    def kept(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._cols["feature"], self._cols["seq"]
+
     def per_feature(self) -> list[dict[str, np.ndarray]]:
         f = self._cols["feature"]
         bounds = np.searchsorted(f, np.arange(self.num_features + 1), side="left")
@@ -101,7 +116,49 @@ class NegativeSampler:
         return [q for q, _ in self.per_feature_values(j)]
 
 
+class TokenValueStore:
+    """Per kept sample (feature, seq id), the feature's value at every position of the sample's row
+    (NaN where the stream has no token: special tokens it excluded)."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[int, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @staticmethod
+    def token_index(row_index: torch.Tensor, positions: torch.Tensor, num_rows: int, ctx: int) -> torch.Tensor:
+        """`[num_rows, ctx]`: the batch's token index at each (row, position), -1 where there is none."""
+        index = torch.full((num_rows, ctx), -1, dtype=torch.int64)
+        index[row_index.long(), positions.long()] = torch.arange(len(positions))
+        return index
+
+    def add(self, feature: np.ndarray, seq: np.ndarray, values: torch.Tensor, token_index: torch.Tensor, first_row: int) -> None:
+        """Record the rows of new kept samples: `values` `[n, m]` the batch's feature values, `token_index`
+        from `token_index`, `first_row` the batch's first global row."""
+        if len(feature) == 0:
+            return
+        ctx = token_index.shape[1]
+        tok = token_index[torch.as_tensor(seq // ctx - first_row)]  # [k, ctx]
+        rows = values[tok.clamp(min=0), torch.as_tensor(feature)[:, None]].float()
+        rows = rows.masked_fill(tok < 0, math.nan).numpy()
+        for f, q, r in zip(feature.tolist(), seq.tolist(), rows):
+            self._values[(f, q)] = r.copy()
+
+    def prune(self, feature: np.ndarray, seq: np.ndarray) -> None:
+        """Drop the rows of samples no longer kept (selection "top" replaces samples); cheap to call often:
+        it works only when evicted rows make up half the store."""
+        if len(self._values) <= 2 * len(feature) + 1024:
+            return
+        self._values = {k: self._values[k] for k in zip(feature.tolist(), seq.tolist()) if k in self._values}
+
+    def get(self, feature: int, seq: int) -> np.ndarray | None:
+        return self._values.get((int(feature), int(seq)))
+
+
 def common_prefix_length(a: str, b: str) -> int:
+    if a.startswith(b) or b.startswith(a):  # the usual case, without a character loop
+        return min(len(a), len(b))
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -120,6 +177,7 @@ class ContextBuilder:
         self.boundaries = set(getattr(tokenizer, "all_special_ids", []) or []) - {getattr(tokenizer, "unk_token_id", None)}
         self._segments: dict[int, np.ndarray] = {}
         self._decoded: dict[tuple[int, int, int], str] = {}
+        self._spans: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
 
     def _segment(self, row: int, pos: int) -> tuple[int, int]:
         """[start, end) of the document stretch of `row` containing `pos` (special tokens open stretches)."""
@@ -138,7 +196,28 @@ class ContextBuilder:
             self._decoded[key] = self.tok.decode(self.rows[row][start:end].tolist(), skip_special_tokens=True)
         return self._decoded[key]
 
-    def record(self, seq: int, score: float, activation: float) -> dict[str, Any]:
+    @staticmethod
+    def _span(before: int, after: int, text: str) -> tuple[int, int]:
+        """A token's character span from the lengths of the text before and through it, without the
+        whitespace that BPE tokens carry."""
+        while before < after and text[before].isspace():
+            before += 1
+        return before, max(before, after)
+
+    def _context_spans(self, row: int, start: int, end: int, text: str) -> list[tuple[int, int]]:
+        """The character span of every token of the context [start, end) of `row` (as a sample's own
+        start/end: a special token's span is empty), from end + 1 - start prefix decodes."""
+        key = (row, start, end)
+        if key not in self._spans:
+            ids = self.rows[row][start:end].tolist()
+            prefix = [common_prefix_length(self.tok.decode(ids[:i], skip_special_tokens=True), text) for i in range(len(ids) + 1)]
+            self._spans[key] = [self._span(prefix[i], prefix[i + 1], text) for i in range(len(ids))]
+        return self._spans[key]
+
+    def record(self, seq: int, score: float, activation: float, row_values: np.ndarray | None = None) -> dict[str, Any]:
+        """The sample record of token `seq`; `row_values` (the feature's value at each position of the
+        row, `TokenValueStore`) adds `token_values`: {start, end, value} for every token of the context
+        that has a value (an empty list without `row_values`)."""
         ctx_len = self.rows.shape[1]
         row, pos = divmod(int(seq), ctx_len)
         start, end = self._segment(row, pos)
@@ -147,9 +226,12 @@ class ContextBuilder:
         text = self._decode(row, start, end)
         before = common_prefix_length(self._decode(row, start, pos), text)
         after = common_prefix_length(self._decode(row, start, pos + 1), text)
-        # The token's span, without the whitespace that BPE tokens carry.
-        while before < after and text[before].isspace():
-            before += 1
+        before, token_end = self._span(before, after, text)
+        token_values = []
+        if row_values is not None:
+            for p, (a, b) in enumerate(self._context_spans(row, start, end, text), start):
+                if not math.isnan(row_values[p]):
+                    token_values.append({"start": a, "end": b, "value": float(row_values[p])})
         token_id = int(self.rows[row][pos])
         return {
             "token": self.tok.decode([token_id]),
@@ -157,9 +239,10 @@ class ContextBuilder:
             "position": pos - start,
             "context": text,
             "start": before,
-            "end": max(before, after),
+            "end": token_end,
             "score": float(score),
             "activation": float(activation),
             "row": row,
             "row_position": pos,
+            "token_values": token_values,
         }

@@ -395,3 +395,20 @@ def test_atlas_and_dictionary_from_the_hub(world, browser, tmp_path):
     assert got["header"] == local.header_html
     assert got["neighbours"] == [list(n) for n in local.neighbours]
     assert got["rows"] == [list(x) for x in browser.table("BAE", query="cats")[0]]
+
+
+def test_per_token_values_shade_a_code_by_its_deviation_and_a_latent_by_its_value():
+    """`token_values` hold raw values (the code, the latent); a deviation-scored code is shaded by |value −
+    mean|, the mean read off the sample (score = |activation − mean|), so the sample's own token gets its score."""
+    from hf_bae.browser.feature_page import token_spans
+
+    tv = [dict(start=0, end=3, value=1.0), dict(start=4, end=7, value=0.0)]
+    on = dict(activation=1.0, score=0.75, token_values=tv)  # a usually-off code (mean 0.25) that fires
+    assert token_spans(on, [], deviation=True, event="on") == [(0, 3, 0.75), (4, 7, 0.25)]
+    off = dict(activation=0.0, score=0.75, token_values=tv)  # a usually-on code (mean 0.75) that switches off
+    assert token_spans(off, [], deviation=True, event="off") == [(0, 3, 0.25), (4, 7, 0.75)]
+    latent = dict(activation=2.5, score=2.5, token_values=[dict(start=0, end=3, value=2.5), dict(start=4, end=7, value=0.5)])
+    assert token_spans(latent, [], deviation=False) == [(0, 3, 2.5), (4, 7, 0.5)]
+    # Without per-token values, only the feature's samples from the same context are known.
+    assert token_spans(dict(start=0, end=3, activation=1.0, score=0.75), [dict(start=0, end=3, activation=1.0, score=0.75)],
+                       deviation=True) == [(0, 3, 0.75)]

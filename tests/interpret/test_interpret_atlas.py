@@ -209,3 +209,50 @@ def test_bad_input(lm, texts):
         build_atlas(BinaryAutoencoder(BAEConfig(hidden_size=16)), *lm, texts, AtlasConfig(), **KW)
     with pytest.raises(ValueError, match="selection"):
         AtlasConfig(selection="best")
+
+
+@pytest.mark.parametrize("kind", ["sae", "bae"])
+def test_token_values_are_the_feature_values_at_every_context_token(lm, texts, kind):
+    """Each sample's `token_values` are the dictionary's value (latent, code) recomputed at every token of
+    its context, in order, with the token's character span; the sample's own entry is its activation."""
+    model, tok = lm
+    if kind == "sae":
+        dictionary, config = make_sae(activation="relu"), AtlasConfig(top_k=5, samples_per_feature=8)
+    else:  # "top" replaces samples as the stream goes: the stored rows must follow
+        dictionary, config = make_bae(), AtlasConfig(top_k=3, samples_per_feature=6, selection="top")
+    site = f"layers.{dictionary.config.layer}.resid_post"
+    seqs, h = all_tokens(lm, texts, site)
+    with torch.no_grad():
+        values = dictionary.feature_values(h)[0]
+    at = {int(q): t for t, q in enumerate(seqs)}
+    rows = torch.cat([b.input_ids for b in stream_activations(model, tok, texts, [site], context_length=CTX, batch_size=4,
+                                                              exclude_special_tokens=False)])
+    for cut in (None, 2):
+        config.max_context_tokens = cut
+        ds, _ = build_atlas(dictionary, model, tok, texts, config, **KW)
+        checked = 0
+        for r in ds:
+            j = r["feature"]
+            assert all(s["token_values"] == [] for s in r["non_activating"])
+            for s in r["samples"]:
+                tv, first = s["token_values"], s["row_position"] - s["position"]
+                row = rows[s["row"]].tolist()
+                # One entry per token of the context, which ends at the next BOS, the row's end or the cut.
+                stop = next((p for p in range(first + 1, CTX) if row[p] == tok.bos_token_id), CTX)
+                if cut is not None:
+                    stop = min(stop, s["row_position"] + cut + 1)
+                assert len(tv) == stop - first
+                for p, t in enumerate(tv, first):
+                    assert t["value"] == pytest.approx(values[at[s["row"] * CTX + p], j].item(), rel=1e-5, abs=1e-6)
+                    if row[p] != tok.bos_token_id:
+                        assert s["context"][t["start"]:t["end"]] == tok.decode([row[p]])
+                    else:
+                        assert t["start"] == t["end"]
+                own = tv[s["position"]]
+                assert (own["start"], own["end"]) == (s["start"], s["end"]) and own["value"] == s["activation"]
+                checked += 1
+        assert checked > 20
+    random = build_atlas(RandomBaseline(16, seed=3), model, tok, texts, AtlasConfig(top_k=2, samples_per_feature=2), **KW)[0]
+    assert all(s["token_values"] == [] for r in random for s in r["samples"])
+    off = build_atlas(dictionary, model, tok, texts, AtlasConfig(top_k=2, samples_per_feature=2, token_values=False), **KW)[0]
+    assert all(s["token_values"] == [] for r in off for s in r["samples"])

@@ -161,6 +161,19 @@ def test_atlases_without_the_new_columns_still_load_and_take_results(lm, texts, 
     assert filled[0]["explanation"] == "animal words" and filled[0]["event"] is None
     new, _ = load_atlas(save_atlas(ds, info, tmp_path / "new"))
     assert new.to_list() == ds.to_list()
+    # Samples written before per-token values lack `token_values`: they load with None there and take results.
+    import datasets
+
+    features = old.features.copy()
+    sample = datasets.List({k: v for k, v in features["samples"].feature.items() if k != "token_values"})
+    features["samples"] = features["non_activating"] = sample
+    older = old.map(lambda r: {c: [{k: v for k, v in s.items() if k != "token_values"} for s in r[c]] for c in ("samples", "non_activating")},
+                    features=features)
+    assert "token_values" not in older.features["samples"].feature
+    loaded, _ = load_atlas(save_atlas(older, info, tmp_path / "older"))
+    assert all(s["token_values"] is None for r in loaded for s in r["samples"] + r["non_activating"])
+    assert [[{k: v for k, v in s.items() if k != "token_values"} for s in r["samples"]] for r in loaded] == older["samples"]
+    assert apply_results(loaded, run)[0]["explanation"] == "animal words"
 
 
 def test_an_embedded_model_dictionary_resolves_back_to_it_offline(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,10 @@ The cosines come from one matrix product of the unit decoder columns, `U_A · U_
 blocks so that 10^5 × 10^5 features never hold the whole matrix; only the top k of each row is kept,
 and `FeatureBrowser` computes it once per pair. Cosine does not depend on a dictionary's scale, so
 decoders trained with a (folded or not) normalisation compare as they are.
+
+Beside them, co-activation (`co_activation`): the features of B whose atlas samples sit on the same
+corpus tokens, by the Jaccard index of the two sample sets of (row, row_position); shown only when
+both atlases were built over the same corpus (the rows would otherwise name different tokens).
 """
 
 from __future__ import annotations
@@ -57,6 +61,70 @@ def nearest_features(a: Dictionary, b: Dictionary, k: int = NEAREST_K, block_row
     return Nearest(indices=torch.cat(indices).numpy().astype(np.int64), cosines=torch.cat(cosines).numpy().astype(np.float32))
 
 
+@dataclass
+class CoActivation:
+    """For every row of atlas A, the k features of B whose sample tokens overlap its own most (Jaccard)."""
+
+    indices: np.ndarray  # [n_A, k] int64 feature ids of B, -1 where fewer overlap
+    jaccard: np.ndarray  # [n_A, k] float32
+
+
+def _sample_tokens(atlas: Atlas) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(atlas row, row, row_position) of every sample, read from Arrow; None when samples lack them."""
+    samples = atlas.dataset.data.column("samples").combine_chunks()
+    fields = {f.name for f in samples.type.value_type}
+    if not {"row", "row_position"} <= fields:
+        return None
+    lengths = samples.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = samples.flatten()
+    row = np.asarray(flat.field("row").to_numpy(zero_copy_only=False), dtype=np.float64)
+    pos = np.asarray(flat.field("row_position").to_numpy(zero_copy_only=False), dtype=np.float64)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    ok = ~(np.isnan(row) | np.isnan(pos))  # hand-made samples may leave them out
+    return owner[ok], row[ok].astype(np.int64), pos[ok].astype(np.int64)
+
+
+CORPUS_KEYS = ("base_model", "dataset", "split", "num_texts", "num_tokens", "num_rows", "context_length")
+
+
+def co_activation(atlas_a: Atlas, atlas_b: Atlas, k: int = NEAREST_K) -> tuple[CoActivation | None, str]:
+    """(co-activation of A's features with B's, a note): Jaccard |S_a ∩ S_b| / |S_a ∪ S_b| of the sets of
+    sample tokens (row, row_position), top k per feature of A. None (and why) when the atlases were built
+    over different corpora or their samples do not record where they sit."""
+    differ = [key for key in CORPUS_KEYS
+              if atlas_a.meta(key) is not None and atlas_b.meta(key) is not None and atlas_a.meta(key) != atlas_b.meta(key)]
+    if differ:
+        return None, f"Co-activation not shown: the atlases were built over different corpora ({', '.join(differ)} differ)."
+    ta, tb = _sample_tokens(atlas_a), _sample_tokens(atlas_b)
+    if ta is None or tb is None:
+        return None, "Co-activation not shown: an atlas's samples do not record their row and row_position."
+    width = int(max([1, *(t[2].max() + 1 for t in (ta, tb) if len(t[2]))]))
+    (ra, key_a), (rb, key_b) = [(t[0], t[1] * width + t[2]) for t in (ta, tb)]
+    # One entry per (feature, token): a token counts once per feature.
+    ra, key_a = np.unique(np.stack([ra, key_a]), axis=1) if len(ra) else (ra, key_a)
+    rb, key_b = np.unique(np.stack([rb, key_b]), axis=1) if len(rb) else (rb, key_b)
+    n_a, n_b = len(atlas_a), len(atlas_b)
+    size_a, size_b = np.bincount(ra, minlength=n_a), np.bincount(rb, minlength=n_b)
+    # Join on the token: every (A sample, B sample) pair on the same token.
+    order = np.argsort(key_b, kind="stable")
+    key_b, rb = key_b[order], rb[order]
+    lo, hi = np.searchsorted(key_b, key_a, "left"), np.searchsorted(key_b, key_a, "right")
+    count = hi - lo
+    first = np.repeat(lo - (np.cumsum(count) - count), count)
+    pair_a, pair_b = np.repeat(ra, count), rb[first + np.arange(count.sum())]
+    pairs, inter = np.unique(pair_a * n_b + pair_b, return_counts=True)
+    pa_, pb_ = pairs // n_b, pairs % n_b
+    jac = inter / (size_a[pa_] + size_b[pb_] - inter)
+    top = np.lexsort((pb_, -jac, pa_))  # per A row: highest Jaccard first, ties by B row
+    pa_, pb_, jac = pa_[top], pb_[top], jac[top]
+    rank = np.arange(len(pa_)) - np.searchsorted(pa_, pa_, side="left")
+    keep = rank < k
+    indices, values = np.full((n_a, k), -1, np.int64), np.zeros((n_a, k), np.float32)
+    indices[pa_[keep], rank[keep]] = atlas_b.index.feature[pb_[keep]]
+    values[pa_[keep], rank[keep]] = jac[keep]
+    return CoActivation(indices, values), "Co-activation: Jaccard index of the two features' sets of sample tokens (row, position)."
+
+
 def check_comparable(atlas_a: Atlas, a: Dictionary | None, atlas_b: Atlas, b: Dictionary | None) -> list[str]:
     """Raise a ValueError unless both atlases have dictionaries writing the same site; returns notes
     (e.g. the base models they record differ)."""
@@ -84,9 +152,10 @@ def _chip(atlas: Atlas, feature: int) -> str:
 
 
 def compare_page(atlas_a: Atlas, atlas_b: Atlas, nearest: Nearest, notes: list[str], query: str = "", page: int = 1,
-                 page_size: int = 25) -> tuple[str, int]:
+                 page_size: int = 25, coact: CoActivation | None = None) -> tuple[str, int]:
     """(HTML, number of matching A features): one page of A's features (searched as the feature table:
-    id, explanation, `token:` / `context:`), each with its nearest features of B, all ids clickable."""
+    id, explanation, `token:` / `context:`), each with its nearest features of B and, given `coact`, the
+    features of B that fire on the same sample tokens; all ids clickable."""
     rows, total = table_page(atlas_a.index, query, "feature", False, False, page, page_size, text_index=atlas_a.search)
     s = nearest.summary()
     head = (f"<p class='compare-summary'>{esc(atlas_a.name)} → {esc(atlas_b.name)}: nearest features by decoder cosine. "
@@ -102,10 +171,17 @@ def compare_page(atlas_a: Atlas, atlas_b: Atlas, nearest: Nearest, notes: list[s
             f"<span class='expl'>{esc(_explanation(atlas_b, i)) or '<i>no explanation</i>'}</span></li>"
             for i, c in zip(nearest.indices[j].tolist(), nearest.cosines[j].tolist())
         )
+        co = ""
+        if coact is not None:
+            r = atlas_a.index.row_of[j]
+            co = "".join(f"<li data-feature='{int(i)}' data-jaccard='{v:.6g}'>{_chip(atlas_b, i)} <span class='jaccard'>{v:.3f}</span></li>"
+                         for i, v in zip(coact.indices[r].tolist(), coact.jaccard[r].tolist()) if i >= 0)
+            co = f"<td><ol class='coactive'>{co or '<li><i>none</i></li>'}</ol></td>"
         body.append(f"<tr data-feature='{j}'><td>{_chip(atlas_a, j)}</td><td>{esc(_explanation(atlas_a, j)) or '<i>no explanation</i>'}</td>"
-                    f"<td><ol class='nearest'>{near}</ol></td></tr>")
+                    f"<td><ol class='nearest'>{near}</ol></td>{co}</tr>")
+    co_head = f"<th>co-activating in {esc(atlas_b.name)} (Jaccard of sample tokens)</th>" if coact is not None else ""
     table = (f"<table class='compare'><tr><th>{esc(atlas_a.name)} feature</th><th>its explanation</th>"
-             f"<th>nearest in {esc(atlas_b.name)} (cosine, explanation)</th></tr>{''.join(body)}</table>")
+             f"<th>nearest in {esc(atlas_b.name)} (cosine, explanation)</th>{co_head}</tr>{''.join(body)}</table>")
     if not rows:
         table = "<p><i>No feature of A matches.</i></p>"
     return head + table, total

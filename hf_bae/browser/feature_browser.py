@@ -13,7 +13,7 @@ from typing import Any
 
 from ..activations.language_models import load_language_model
 from .atlas_view import Atlas
-from .compare import Nearest, check_comparable, compare_page, nearest_features
+from .compare import CoActivation, Nearest, check_comparable, co_activation, compare_page, nearest_features
 from .dictionary_view import Dictionary, check_compatible
 from .feature_page import FeaturePage, build_feature_page
 from .overview import describe, overview_html, summary
@@ -67,6 +67,7 @@ class FeatureBrowser:
         self._overview: tuple | None = None
         self._pages: OrderedDict[tuple[str, int, int], FeaturePage] = OrderedDict()
         self._nearest: dict[tuple[str, str], tuple[Nearest, list[str]]] = {}
+        self._coact: dict[tuple[str, str], tuple[CoActivation | None, str]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -232,8 +233,21 @@ class FeatureBrowser:
             self._nearest[key] = result
         return result
 
+    def co_activation(self, a: str, b: str) -> tuple[CoActivation | None, str]:
+        """For each feature of A, the features of B on the same sample tokens (Jaccard); computed once per pair."""
+        atlas_a, atlas_b = self.atlas(a), self.atlas(b)
+        key = (atlas_a.name, atlas_b.name)
+        with self._lock:
+            if key in self._coact:
+                return self._coact[key]
+        result = co_activation(atlas_a, atlas_b)
+        with self._lock:
+            self._coact[key] = result
+        return result
+
     def compare(self, a: str, b: str, query: str = "", page: int = 1, page_size: int = 25) -> tuple[str, int]:
         """(HTML, matching features of A): one page of A's features (searched as the table) with their
-        nearest features of B by decoder cosine and both explanations."""
+        nearest features of B by decoder cosine, both explanations, and B's co-activating features."""
         nearest, notes = self.nearest(a, b)
-        return compare_page(self.atlas(a), self.atlas(b), nearest, notes, query, page, page_size)
+        coact, note = self.co_activation(a, b)
+        return compare_page(self.atlas(a), self.atlas(b), nearest, [*notes, note], query, page, page_size, coact)

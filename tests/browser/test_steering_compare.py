@@ -122,7 +122,7 @@ def test_nearest_features_match_a_direct_computation(world, browser):  # noqa: F
     assert nearest.indices.tolist() == top.indices.tolist()
     assert nearest.cosines == pytest.approx(top.values.numpy(), abs=1e-5)
     page, total = browser.compare("BAE", "SAE", page_size=10)
-    assert total == 64 and page.count("<tr data-feature=") == 10 and page.count("data-atlas='SAE'") == 50
+    assert total == 64 and page.count("<tr data-feature=") == 10 and page.count("data-cosine=") == 50  # nearest chips (co-activation chips open SAE too)
 
 
 def test_compare_needs_the_same_site(world, tmp_path):  # noqa: F811
@@ -138,3 +138,33 @@ def test_compare_needs_the_same_site(world, tmp_path):  # noqa: F811
 
     with pytest.raises(ValueError, match="writes layers.0.resid_post but 'L1' writes layers.1.resid_post"):
         check_comparable(other, Dictionary.load(root / "bae"), atlas, d1)
+
+
+def test_co_activation_is_the_jaccard_of_sample_tokens(world, browser):  # noqa: F811
+    """A copied dictionary co-activates with itself (Jaccard 1); BAE vs SAE equals a brute-force Jaccard."""
+    root = world["root"]
+    shutil.copytree(root / "bae", root / "bae-copy2", dirs_exist_ok=True)
+    app = FeatureBrowser.from_paths([str(root / "bae-atlas-explained")] * 2, [str(root / "bae"), str(root / "bae-copy2")], names=["A", "B"])
+    coact, note = app.co_activation("A", "B")
+    assert coact is not None and "Jaccard" in note and app.co_activation("A", "B")[0] is coact
+    atlas = app.atlas("A")
+    tokens = {int(r["feature"]): {(s["row"], s["row_position"]) for s in r["samples"]} for r in atlas.dataset}
+    with_samples = [j for j, t in tokens.items() if t]
+    assert with_samples
+    for j in with_samples:
+        r = atlas.index.row_of[j]
+        ones = [i for i, v in zip(coact.indices[r], coact.jaccard[r]) if v == pytest.approx(1.0)]
+        assert coact.jaccard[r, 0] == pytest.approx(1.0) and (j in ones or len(ones) == coact.indices.shape[1])
+    page, _ = app.compare("A", "B", query=str(with_samples[0]))
+    assert "class='coactive'" in page and "data-jaccard='1'" in page
+
+    a, b = browser.atlas("BAE"), browser.atlas("SAE")
+    coact, _ = browser.co_activation("BAE", "SAE")
+    tb = {int(r["feature"]): {(s["row"], s["row_position"]) for s in r["samples"]} for r in b.dataset}
+    for r in a.dataset:
+        ta = {(s["row"], s["row_position"]) for s in r["samples"]}
+        ref = sorted(((len(ta & t) / len(ta | t), -f) for f, t in tb.items() if ta & t), reverse=True)[:coact.indices.shape[1]]
+        row = a.index.row_of[int(r["feature"])]
+        got = [(float(v), -int(i)) for i, v in zip(coact.indices[row], coact.jaccard[row]) if i >= 0]
+        assert [x[0] for x in got] == pytest.approx([x[0] for x in ref], abs=1e-6)
+        assert [x[1] for x in got] == [x[1] for x in ref]

@@ -44,3 +44,19 @@ def tiny_lm(tmp_path_factory):
         return built[key]
 
     return make
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate's state is process-wide and tests use different mixed-precision settings: reset it around a
+    test. One thread: the tensors are tiny, and a second OpenMP thread only adds contention on a busy machine.
+    Training test modules use it for every test (`pytestmark = pytest.mark.usefixtures(...)`)."""
+    from accelerate.state import AcceleratorState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+    torch.set_num_threads(threads)
+

@@ -13,14 +13,7 @@ from hf_bae.training import Trainer, TrainingArguments
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def raw_states(n=3000, d=D, seed=0):

@@ -6,7 +6,6 @@ import signal
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from hf_bae import BAEConfig, BinaryAutoencoder, SAEConfig, SparseAutoencoder
@@ -24,16 +23,7 @@ from hf_bae.training import (
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    # Accelerator state is process-wide; tests use different mixed-precision settings. One thread:
-    # these tensors are tiny, and a second OpenMP thread only adds contention on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def data(n=3000, d=D, seed=0):

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from error_cases import EXIT_USAGE, Case, assert_clear_error
 from safetensors.torch import load_file
 
@@ -19,11 +18,7 @@ from hf_bae.training import NonFiniteActivationsError, Trainer, TrainingArgument
 D = 8
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def train_argv(out, *extra):

@@ -16,14 +16,7 @@ from hf_bae.testing import small_corpus, tiny_causal_lm
 from hf_bae.training import Trainer, TrainingArguments
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 @pytest.fixture(scope="module")

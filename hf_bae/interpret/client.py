@@ -189,6 +189,11 @@ class LLMConfig:
     llm_batch_size: int = option(8, "Local backend: prompts per generate call.")
     llm_max_new_tokens: int = option(32, "Local backend: cap on generated tokens when the protocol sets none.")
     llm_device: str | None = option(None, "Local backend: device of the chat model.")
+    llm_dtype: str | None = option(
+        None, "Local backend: dtype of the chat model (float32, bfloat16, ...). Default: the model's own; a GGUF judge "
+        "runs in bfloat16 where the machine has bf16 matmul kernels (about 3x faster on such a CPU), else float32. "
+        "Part of the judge's identity: answers and calibrations are kept per dtype."
+    )
     llm_prefix_cache: bool = option(
         True, "Local backend: compute the shared prompt prefix (instructions, few-shot turns) once and reuse its KV cache; "
         "requests then run one at a time. Off: left-padded batches of --llm_batch_size."
@@ -250,7 +255,8 @@ def make_backend(config: LLMConfig) -> ChatBackend:
             backoff_base=config.backoff_base, concurrency=config.concurrency,
             price_input=config.price_input, price_output=config.price_output,
         )
-    return TransformersBackend(model=config.llm or "embedded", device=config.llm_device, batch_size=config.llm_batch_size,
+    return TransformersBackend(model=config.llm or "embedded", device=config.llm_device, dtype=config.llm_dtype,
+                               batch_size=config.llm_batch_size,
                                max_new_tokens=config.llm_max_new_tokens, prefix_cache=config.llm_prefix_cache)
 
 

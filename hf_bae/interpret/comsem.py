@@ -175,6 +175,19 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def mean_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """95 % percentile-bootstrap interval of the mean of per-feature `values` (features resampled with
+    replacement), or None for fewer than two features. Seeded, so a summary is reproducible."""
+    import random
+
+    if len(values) < 2:
+        return None
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    return [means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]]
+
+
 def per_feature_scores(features: Iterable[int], splits: Iterable[str], answers: Iterable[str]) -> dict[int, dict[str, Any]]:
     """Per-feature counts and scores from verdict triples.
 
@@ -240,7 +253,9 @@ def summarize_verdicts(
         features_scored, interpretable_count, interpretable_fraction, threshold, histogram,
         unparseable (answers), verdicts, and `beyond_paper` = {features_with_negatives,
         specificity, balanced_accuracy, precision, interpretable_count_balanced_accuracy,
-        balanced_accuracy_threshold} (None values when no negatives were judged).
+        interpretable_fraction_balanced_accuracy, balanced_accuracy_threshold} (None values when no
+        negatives were judged). Every mean and fraction has a `*_interval`: its 95 % bootstrap interval
+        over features (`mean_interval`), None with fewer than two features.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
@@ -256,12 +271,17 @@ def summarize_verdicts(
     spec = [p["specificity"] for p in per.values() if p["specificity"] is not None]
     bal = [p["balanced_accuracy"] for p in per.values() if p["balanced_accuracy"] is not None]
     prec = [p["precision"] for p in per.values() if p["precision"] is not None]
+    # Over all `denominator` features, an unscored one counting as not interpretable (as the fraction does).
+    is_interpretable = [float(x >= threshold) for x in scores] + [0.0] * max(0, denominator - len(scores))
+    bal_interpretable = [float(b >= balanced_accuracy_threshold) for b in bal]
     return {
         "comsem_score": _mean(scores),
+        "comsem_score_interval": mean_interval(scores),
         "features_scored": len(scores),
         "features_total": num_features,
         "interpretable_count": interpretable,
         "interpretable_fraction": interpretable / denominator if denominator else None,
+        "interpretable_fraction_interval": mean_interval(is_interpretable),
         "threshold": threshold,
         "histogram": _histogram(scores, num_bins),
         "verdicts": len(answers),
@@ -269,9 +289,13 @@ def summarize_verdicts(
         "beyond_paper": {
             "features_with_negatives": len(spec),
             "specificity": _mean(spec),
+            "specificity_interval": mean_interval(spec),
             "balanced_accuracy": _mean(bal),
+            "balanced_accuracy_interval": mean_interval(bal),
             "precision": _mean(prec),
-            "interpretable_count_balanced_accuracy": sum(b >= balanced_accuracy_threshold for b in bal),
+            "interpretable_count_balanced_accuracy": int(sum(bal_interpretable)),
+            "interpretable_fraction_balanced_accuracy": _mean(bal_interpretable),
+            "interpretable_fraction_balanced_accuracy_interval": mean_interval(bal_interpretable),
             "balanced_accuracy_threshold": balanced_accuracy_threshold,
         },
     }

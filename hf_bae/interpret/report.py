@@ -40,7 +40,9 @@ def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, A
     measured = s["features_scored"] > 0  # else an interpretable fraction of 0.0 would read as a measurement
     return {
         "comsem_score": s["comsem_score"],
+        "comsem_score_interval": s.get("comsem_score_interval"),
         "interpretable_fraction": s["interpretable_fraction"] if measured else None,
+        "interpretable_fraction_interval": s.get("interpretable_fraction_interval") if measured else None,
         "interpretable_count": s["interpretable_count"] if measured else None,
         "coverage": f"{s['features_scored']} of {s['features_selected']} features scored",
         "threshold": s["threshold"],
@@ -123,6 +125,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _fmt_interval(value: Any, interval: Sequence[float] | None) -> str:
+    """A value with its bootstrap interval, e.g. "0.412 [0.350, 0.471]" (reports from before intervals: the value)."""
+    return _fmt(value) if value is None or not interval else f"{_fmt(value)} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def results_table(reports: Sequence[dict[str, Any]]) -> str:
     """A markdown table comparing dictionaries side by side."""
     columns = [
@@ -134,11 +141,14 @@ def results_table(reports: Sequence[dict[str, Any]]) -> str:
         ("interpreted", lambda r: r["features_interpreted"]),
         ("too few samples", lambda r: r["features_too_few_samples"]),
         ("scored", lambda r: r["features_scored"]),
-        ("ComSem score", lambda r: _fmt(r["comsem_score"])),
+        ("ComSem score", lambda r: _fmt_interval(r["comsem_score"], r.get("comsem_score_interval"))),
         (f"interpretable (score ≥ {reports[0]['threshold'] if reports else 0.5})", lambda r: r["interpretable_count"]),
-        ("interpretable fraction", lambda r: _fmt(r["interpretable_fraction"])),
-        ("specificity*", lambda r: _fmt(r["beyond_paper"]["specificity"])),
-        ("balanced accuracy*", lambda r: _fmt(r["beyond_paper"]["balanced_accuracy"])),
+        ("interpretable fraction", lambda r: _fmt_interval(r["interpretable_fraction"], r.get("interpretable_fraction_interval"))),
+        ("specificity*", lambda r: _fmt_interval(r["beyond_paper"]["specificity"], r["beyond_paper"].get("specificity_interval"))),
+        ("balanced accuracy*", lambda r: _fmt_interval(r["beyond_paper"]["balanced_accuracy"],
+                                                       r["beyond_paper"].get("balanced_accuracy_interval"))),
+        (f"interpretable* (balanced accuracy ≥ {reports[0]['beyond_paper'].get('balanced_accuracy_threshold', 0.6) if reports else 0.6})",
+         lambda r: r["beyond_paper"].get("interpretable_count_balanced_accuracy")),
         ("unparseable", lambda r: r["unparseable"]),
         ("failed calls", lambda r: r["judge_failures"] + r["status_counts"].get("explain_failed", 0)),
         ("judge balanced accuracy (calibration)", lambda r: short_calibration(r.get("judge_calibration"))),
@@ -148,8 +158,8 @@ def results_table(reports: Sequence[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(str(get(r)) for _, get in columns) + " |")
     lines.append("")
     lines.append("ComSem score: mean over scored features of the fraction of held-out activating samples the judge accepts "
-                 "(the paper's). *Beyond the paper: judged on non-activating samples too. Compare with the random "
-                 "baseline under the same judge.")
+                 "(the paper's). *Beyond the paper: judged on non-activating samples too. Brackets: 95 % bootstrap "
+                 "intervals over features. Compare with the random baseline under the same judge.")
     judges = {}
     for r in reports:
         judges.setdefault(r.get("judge", {}).get("backend", "judge"), r.get("judge_calibration"))

@@ -14,6 +14,24 @@ from typing import Any
 from .chat import ChatBackend, ChatRequest, ChatResult
 
 
+def _packaged_names() -> set[str]:
+    from .packaged_judges import PACKAGED_JUDGES
+
+    return set(PACKAGED_JUDGES)
+
+
+def gguf_dtype(device: str | None = None) -> str:
+    """The dtype a GGUF judge runs in by default: "bfloat16" on a GPU or a CPU with bf16 matmul kernels
+    (avx512_bf16 / AMX: 2.5-3x float32's GEMM rate), else "float32"."""
+    import torch
+
+    if device and str(device).startswith("cuda"):
+        return "bfloat16"
+    if device in (None, "cpu") and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
 class TransformersBackend(ChatBackend):
     """A local chat model (a transformers causal LM with a chat template).
 
@@ -25,7 +43,9 @@ class TransformersBackend(ChatBackend):
         model: "embedded" (SmolLM2-135M-Instruct, offline), a packaged judge ("qwen2.5-coder-1.5b",
             "qwen2.5-coder-0.5b": `packaged_judges.PACKAGED_JUDGES`), a local `.gguf` file (Qwen2 / Llama
             architectures: transformers dequantises it on load), a Hub id or a local folder.
-        revision, device, dtype: passed to the loader.
+        revision, device, dtype: passed to the loader. A GGUF judge's default dtype is `gguf_dtype`'s:
+            bfloat16 (dequantised once on load) where the machine has bf16 matmul kernels, else float32
+            with the weights kept in their GGUF blocks.
         batch_size: prompts per `generate` call (without prefix_cache).
         max_new_tokens: default cap on generated tokens when a request sets none.
         prefix_cache: reuse the KV cache of the messages before the last one.
@@ -55,6 +75,8 @@ class TransformersBackend(ChatBackend):
         self.batch_size = max(1, batch_size)
         self.concurrency = 1
         self.max_new_tokens = max_new_tokens
+        if dtype is None and (model in _packaged_names() or model.endswith(".gguf")):
+            dtype = gguf_dtype(device)
         self._load_kwargs = {"revision": revision, "dtype": dtype, "device": device}
         self._lm, self._tokenizer = None, None
         self._lock = threading.Lock()
@@ -85,21 +107,30 @@ class TransformersBackend(ChatBackend):
 
     def _load_gguf(self, path: Path) -> tuple[Any, Any]:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
         from ..activations.language_models import resolve_dtype
 
         if not path.is_file():
             raise ValueError(f"--llm {path}: no such GGUF file; give the path of a .gguf chat model.")
-        dtype = resolve_dtype(self._load_kwargs["dtype"]) or torch.float32  # bf16 is far slower on most CPUs
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        dtype = resolve_dtype(self._load_kwargs["dtype"]) or torch.float32
+        # Packed GGUF weights are multiplied by float32 kernels that unpack them on every call; in a half
+        # dtype they would only add casts, so then the weights are unpacked once into a dense model
+        # (measured on Qwen2.5-Coder-1.5B Q4_K_M, 2 Zen-4 cores: a 40-token judge suffix 2.04 s packed
+        # float32, 0.61 s dense bfloat16; benchmarks/RESULTS.md).
+        dense = dtype in (torch.bfloat16, torch.float16)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     quantization_config=GgufConfig(dequantize=dense))
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         device = self._load_kwargs["device"] or "cpu"
         return model.to(device).eval().requires_grad_(False), tokenizer
 
     @property
     def identity(self) -> str:
-        return f"transformers@{self.model}" + (f"@{self.revision}" if self.revision else "")
+        # The dtype is part of the judge: bf16 and fp32 answers may differ, so they are cached and calibrated apart.
+        dtype = self._load_kwargs["dtype"]
+        return (f"transformers@{self.model}" + (f"@{self.revision}" if self.revision else "")
+                + (f"@{dtype}" if dtype not in (None, "float32") else ""))
 
     def _generation_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         tok = self._tokenizer

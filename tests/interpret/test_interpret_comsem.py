@@ -212,3 +212,30 @@ def test_off_events_are_described_as_such_in_both_prompts():
     # feature 1: 1 explainer + 2 positives + 1 negative, all noted; feature 0: none
     assert len(noted) == 4 and all("(1." in p for p in noted)
     assert not any("switches OFF" in p for p in prompts if "(0." in p)
+
+
+def test_bootstrap_intervals_bracket_the_means_and_are_reproducible():
+    from hf_bae.interpret.comsem import mean_interval
+
+    assert mean_interval([0.4]) is None and mean_interval([]) is None
+    assert mean_interval([0.5] * 10) == [0.5, 0.5]
+    values = [0.0, 0.2, 0.9, 1.0, 0.5, 0.3, 0.7, 0.1]
+    lo, hi = mean_interval(values)
+    assert lo < sum(values) / len(values) < hi and 0.0 <= lo and hi <= 1.0
+    assert mean_interval(values) == [lo, hi] and mean_interval(values, seed=1) != [lo, hi]
+    wide, narrow = mean_interval([0.0, 1.0] * 5), mean_interval([0.0, 1.0] * 500)
+    assert wide[1] - wide[0] > 2 * (narrow[1] - narrow[0])  # shrinks like 1/sqrt(n)
+    # feature 0 all yes / all no on negatives (balanced accuracy 1.0), feature 1 yes on everything (0.5)
+    f = [0, 0, 1, 1, 2, 2]
+    s = ["positive", "negative"] * 3
+    a = ["yes", "no", "yes", "yes", "yes", "no"]
+    out = summarize_verdicts(f, s, a, num_features=4, threshold=0.5)
+    assert out["comsem_score_interval"] == [1.0, 1.0]
+    # 3 of 4 features interpretable by score, the unscored fourth counting as not interpretable
+    lo, hi = out["interpretable_fraction_interval"]
+    assert out["interpretable_fraction"] == 0.75 and lo <= 0.75 <= hi and lo < hi
+    bp = out["beyond_paper"]
+    assert bp["interpretable_count_balanced_accuracy"] == 2 and isinstance(bp["interpretable_count_balanced_accuracy"], int)
+    assert bp["interpretable_fraction_balanced_accuracy"] == pytest.approx(2 / 3)
+    lo, hi = bp["balanced_accuracy_interval"]
+    assert lo <= bp["balanced_accuracy"] <= hi

@@ -73,3 +73,36 @@ def test_interpret_with_the_embedded_smollm2_as_explainer_and_judge(tmp_path, ca
     assert main(argv) == 0
     ledger = json.loads((tmp_path / "out" / "ledger.json").read_text())
     assert sum(l["calls"] for l in ledger.values()) == 0
+
+
+def test_gguf_judges_default_to_bf16_where_the_cpu_has_bf16_kernels_and_the_dtype_is_part_of_the_identity(monkeypatch):
+    from hf_bae.interpret import transformers_backend as tb
+
+    assert tb.gguf_dtype("cuda:0") == "bfloat16"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert tb.gguf_dtype() == tb.gguf_dtype("cpu") == "float32"
+    assert TransformersBackend("qwen2.5-coder-1.5b").identity == "transformers@qwen2.5-coder-1.5b"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert tb.gguf_dtype() == "bfloat16"
+    assert TransformersBackend("qwen2.5-coder-1.5b").identity == "transformers@qwen2.5-coder-1.5b@bfloat16"
+    assert TransformersBackend("/x/judge.gguf").identity.endswith("@bfloat16")
+    assert TransformersBackend("qwen2.5-coder-1.5b", dtype="float32").identity == "transformers@qwen2.5-coder-1.5b"
+    # a plain transformers model keeps its own dtype: no default, no suffix
+    assert TransformersBackend("embedded").identity == "transformers@embedded"
+    assert TransformersBackend("embedded", dtype="bfloat16").identity == "transformers@embedded@bfloat16"
+
+
+@pytest.mark.slow
+def test_a_bf16_gguf_judge_is_dequantised_once_into_dense_bf16_weights():
+    """The embedded SmolLM2 Q4_1 GGUF through the GGUF path: bf16 loads dense weights (no per-call unpacking)
+    and answers."""
+    from hf_bae.embedded import _GGUF_FILE, _MODEL_PACKAGE, _package_dir
+
+    path = str(_package_dir(_MODEL_PACKAGE) / _GGUF_FILE)
+    bf16 = TransformersBackend(path, dtype="bfloat16", max_new_tokens=4)
+    bf16.load()
+    weights = [p for p in bf16._lm.parameters()]
+    assert weights and all(p.dtype == torch.bfloat16 for p in weights)
+    assert not any("Gguf" in type(m).__name__ or "GGUF" in type(m).__name__ for m in bf16._lm.modules())
+    answer = bf16.generate([req("Answer Yes or No: is Paris a city?")])[0]
+    assert answer.ok and answer.text.strip()

@@ -32,6 +32,7 @@ ORIGINAL_BINARIZATION_NAMES = {"sign": "identity", "sign_s": "legacy_sign_s", "s
 BITS = (1, 2, 4, 8)
 SAE_ACTIVATIONS = ("relu", "topk", "jumprelu", "legacy_topk", "none", "sigmoid", "tanh")
 L1_REDUCTIONS = ("sum", "mean")
+TOPK_IMPLEMENTATIONS = ("auto", "dense", "sparse")
 DECODER_IMPLEMENTATIONS = ("dense", "sparse")
 NORMALIZATIONS = ("none", "scale", "center_scale")
 _NORMALIZATION_CHOICES = ("auto",) + NORMALIZATIONS
@@ -406,6 +407,15 @@ class SAEConfig(DictionaryConfig):
         100_000, "topk only: a latent counts as dead for the auxiliary loss when it fired on none of the last this "
         "many training tokens (per process).")
 
+    topk_implementation: str = option(
+        "auto",
+        "topk only, how the latents are computed (same values and gradients): dense (scatter into [n, m] latents, "
+        "decode and backpropagate with dense matmuls) or sparse (keep the k values and indices; the decoder is an "
+        "embedding bag and the encoder's backward touches only the k selected rows: O(n*k*d) instead of three "
+        "O(n*m*d) matmuls). auto: sparse when k <= m / 8 (benchmarks/train_step.py).",
+        choices=TOPK_IMPLEMENTATIONS,
+    )
+
     def __post_init__(self, **kwargs: Any) -> None:
         if self.l1_weight is None:  # resolved once, so the saved config says what was trained
             self.l1_weight = DEFAULT_L1_WEIGHTS.get(self.activation, 0.0)
@@ -423,6 +433,7 @@ class SAEConfig(DictionaryConfig):
         if self.auxk_k is not None and not 1 <= self.auxk_k <= self.num_latents:
             raise ValueError(f"auxk_k={self.auxk_k} must be between 1 and the number of latents m={self.num_latents}.")
         _check_range("auxk_dead_tokens", self.auxk_dead_tokens, 1)
+        _check_choice("topk_implementation", self.topk_implementation, TOPK_IMPLEMENTATIONS)
 
 
 BAEConfig.register_for_auto_class()

@@ -6,12 +6,18 @@
 
 A transcoder is the same model whose config names a different `output_site`: it reads the MLP
 input and is trained to reconstruct the MLP output (pass that as `target`).
+
+TopK has a sparse path (`config.topk_implementation`): the k values and indices per token are kept, the
+decoder is an embedding bag over the k decoder columns, and the encoder's backward touches only the k
+selected rows (`SelectedPreActivations`), so only the encoder's forward matmul is O(n·m·d). It computes the
+same values and gradients as the dense path (scatter into `[n, m]`, dense matmuls), which is kept.
 """
 
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -27,8 +33,12 @@ class SAEOutput(ModelOutput):
     Args:
         loss: reconstruction loss + l1_weight · L1, when computed.
         reconstruction: ĥ.
-        latents: feature activations after the sparsifying non-linearity, `[..., m]`.
-        pre_activations: encoder outputs, `[..., m]`.
+        latents: feature activations after the sparsifying non-linearity, `[..., m]` (None from the sparse
+            TopK path called with `return_dense_latents=False`: then `latent_values` / `latent_indices` hold them).
+        pre_activations: encoder outputs, `[..., m]` (without gradient on the sparse TopK path: only the
+            selected entries carry one, through `latent_values`).
+        latent_values: the sparse TopK path: the k kept activations per token, `[..., k]`.
+        latent_indices: the sparse TopK path: their latent indices, `[..., k]`.
         reconstruction_loss: element-mean squared error against the target.
         l1_loss: L1 norm of the latents (before weighting; weighted by decoder norms with `l1_decoder_norm`).
         auxk_loss: TopK's auxiliary dead-latent loss (before weighting), when dead latents were given.
@@ -41,6 +51,8 @@ class SAEOutput(ModelOutput):
     reconstruction_loss: torch.FloatTensor | None = None
     l1_loss: torch.FloatTensor | None = None
     auxk_loss: torch.FloatTensor | None = None
+    latent_values: torch.FloatTensor | None = None
+    latent_indices: torch.LongTensor | None = None
 
 
 def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -55,25 +67,62 @@ def legacy_topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
     return pre * (pre >= kth).to(pre.dtype)
 
 
-def auxk_loss(pre: torch.Tensor, dead_mask: torch.Tensor, residual: torch.Tensor, target: torch.Tensor,
-              decoder_weight: torch.Tensor, k_aux: int) -> torch.Tensor:
-    """Gao et al. (2024)'s auxiliary loss, as EleutherAI sparsify computes it.
+class SelectedPreActivations(torch.autograd.Function):
+    """`pre.gather(-1, indices)` for `pre = x Wᵀ + b` computed without autograd, with the gradient of
+    `x Wᵀ + b` at those entries only: the backward is an embedding bag (to x) and two index_adds (to W, b),
+    O(n·k·d), instead of the dense backward's two O(n·m·d) matmuls (as EleutherAI sparsify's fused encoder).
 
-    The `k_aux` largest ReLU pre-activations among the dead latents reconstruct `residual` (target −
-    reconstruction, detached) through the decoder without its bias; the squared error is divided by
-    the target's total variance and scaled by min(#dead / k_aux, 1).
+    Args (of `apply`): x `[n, d]`, weight `[m, d]`, bias `[m]` or None, pre `[n, m]`, indices `[n, k]`.
     """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pre, indices):
+        ctx.save_for_backward(x, weight, indices)
+        ctx.has_bias = bias is not None
+        return pre.gather(-1, indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, indices = ctx.saved_tensors
+        grad = grad.to(weight.dtype)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum").to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            rows = (grad.unsqueeze(-1) * x.to(weight.dtype).unsqueeze(1)).reshape(-1, x.shape[-1])
+            grad_weight = torch.zeros_like(weight).index_add_(0, indices.reshape(-1), rows)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = weight.new_zeros(weight.shape[0]).index_add_(0, indices.reshape(-1), grad.reshape(-1))
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Σ_j values[:, j] · weight[:, indices[:, j]] (a decoder without bias): `[n, k]` × `[d_out, m]` → `[n, d_out]`.
+
+    The columns are gathered from a contiguous `[m, d_out]` copy of the weight: one O(m·d) transpose per call
+    is far cheaper than gathering strided columns (or the O(n·m·d) dense product it replaces).
+    """
+    return F.embedding_bag(indices, weight.t().contiguous(), per_sample_weights=values.to(weight.dtype), mode="sum")
+
+
+def auxk_indices(pre: torch.Tensor, dead_mask: torch.Tensor, k_aux: int) -> torch.Tensor | None:
+    """Indices `[n, min(k_aux, #dead)]` of the largest ReLU pre-activations among the dead latents (None: none dead)."""
     num_dead = int(dead_mask.sum())
     if num_dead == 0:
-        return pre.new_zeros(())
-    scale = min(num_dead / k_aux, 1.0)
-    k = min(k_aux, num_dead)
+        return None
     masked = torch.where(dead_mask, torch.relu(pre), torch.full_like(pre, -torch.inf))
-    values, indices = masked.topk(k, dim=-1, sorted=False)
-    latents = torch.zeros_like(pre).scatter(-1, indices, values)
-    estimate = latents @ decoder_weight.T
+    return masked.topk(min(k_aux, num_dead), dim=-1, sorted=False).indices
+
+
+def auxk_loss(estimate: torch.Tensor, residual: torch.Tensor, target: torch.Tensor, num_dead: int, k_aux: int) -> torch.Tensor:
+    """Gao et al. (2024)'s auxiliary loss, as EleutherAI sparsify computes it.
+
+    `estimate` is the reconstruction of `residual` (target − reconstruction, detached) by the `k_aux` largest
+    ReLU pre-activations among the dead latents (`auxk_indices`) through the decoder without its bias; the
+    squared error is divided by the target's total variance and scaled by min(#dead / k_aux, 1).
+    """
     total_variance = (target - target.mean(0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
-    return scale * (estimate - residual).pow(2).sum() / total_variance
+    return min(num_dead / k_aux, 1.0) * (estimate - residual).pow(2).sum() / total_variance
 
 
 def latent_activation(config: SAEConfig):
@@ -139,15 +188,47 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
         c = self.config
         auxk = c.activation == "topk" and c.auxk_weight > 0 and since_fired is not None
         return {"l1_weight": None if penalty_on else 0.0,
-                "dead_mask": since_fired >= c.auxk_dead_tokens if auxk else None}
+                "dead_mask": since_fired >= c.auxk_dead_tokens if auxk else None,
+                "return_dense_latents": not self.sparse_topk}
 
     def features_fired(self, output: SAEOutput) -> torch.Tensor:
-        return output.latents != 0
+        if output.latents is not None:
+            return output.latents != 0
+        shape = (*output.latent_indices.shape[:-1], self.config.num_latents)
+        fired = torch.zeros(shape, dtype=torch.bool, device=output.latent_indices.device)
+        return fired.scatter_(-1, output.latent_indices, output.latent_values != 0)
+
+    @property
+    def sparse_topk(self) -> bool:
+        """Whether `forward` takes the sparse TopK path (`config.topk_implementation`)."""
+        c = self.config
+        if c.activation != "topk" or c.topk_implementation == "dense":
+            return False
+        return c.topk_implementation == "sparse" or 8 * c.k <= c.num_latents
+
+    def _sparse_topk(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pre `[n, m]` without gradient, values `[n, k]`, indices `[n, k]`, encoder input `[n, d]`), flattened."""
+        x = self._normalize_input(self._check(hidden_states, self.config.hidden_size, "hidden_states"))
+        x = x.reshape(-1, x.shape[-1])
+        weight, bias = self.encoder.weight, self.encoder.bias
+        with torch.no_grad():
+            pre = F.linear(x, weight, bias)
+            indices = torch.relu(pre).topk(self.config.k, dim=-1, sorted=False).indices
+        values = torch.relu(SelectedPreActivations.apply(x, weight, bias, pre, indices))
+        return pre, values, indices, x
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Reconstruction from `[..., m]` feature activations."""
         latents = self._check(latents, self.config.num_latents, "latents")
         return output_activation(self.config.output_activation)(self._denormalize_output(self.decoder(latents)))
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Reconstruction `[n, d_out]` from the k active latents per token: values and indices `[n, k]`
+        (equal to `decode` of the scattered `[n, m]` latents, in O(n·k·d))."""
+        out = sparse_decode(values, indices, self.decoder.weight)
+        if self.decoder.bias is not None:
+            out = out + self.decoder.bias
+        return output_activation(self.config.output_activation)(self._denormalize_output(out))
 
     def forward(
         self,
@@ -156,6 +237,7 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
         return_loss: bool = True,
         l1_weight: float | None = None,
         dead_mask: torch.Tensor | None = None,
+        return_dense_latents: bool = True,
     ) -> SAEOutput:
         """Encode, decode and (by default) compute the loss.
 
@@ -167,14 +249,27 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
             l1_weight: override the config's L1 weight for this call (used by the L1 warm-up).
             dead_mask: `[m]` booleans, the latents that count as dead (the trainer's count); with a topk
                 activation and `auxk_weight` > 0, adds the auxiliary loss on them.
+            return_dense_latents: on the sparse TopK path, also scatter the `[..., m]` latents (off in training:
+                the trainer reads `latent_values` / `latent_indices`; the dense path always returns them).
         """
-        pre = self.pre_activations(hidden_states)
-        latents = latent_activation(self.config)(pre)
-        reconstruction = self.decode(latents)
-        output = SAEOutput(reconstruction=reconstruction, latents=latents, pre_activations=pre)
+        c = self.config
+        values = indices = x = None
+        if self.sparse_topk:
+            flat_pre, values, indices, x = self._sparse_topk(hidden_states)
+            shape = hidden_states.shape[:-1]
+            pre = flat_pre.reshape(*shape, -1)
+            reconstruction = self.decode_sparse(values, indices).reshape(*shape, -1)
+            latents = torch.zeros_like(pre).scatter(-1, indices.reshape(*shape, -1),
+                                                    values.reshape(*shape, -1).to(pre.dtype)) if return_dense_latents else None
+            values, indices = values.reshape(*shape, -1), indices.reshape(*shape, -1)
+        else:
+            pre = self.pre_activations(hidden_states)
+            latents = latent_activation(c)(pre)
+            reconstruction = self.decode(latents)
+        output = SAEOutput(reconstruction=reconstruction, latents=latents, pre_activations=pre,
+                           latent_values=values, latent_indices=indices)
         if not return_loss:
             return output
-        c = self.config
         if target is None:
             if c.is_transcoder:
                 raise ValueError(
@@ -184,17 +279,30 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
         else:
             target = self._check(target, c.reconstruction_size, "target")
         output.reconstruction_loss = reconstruction_loss(target, reconstruction) * self.loss_scale
-        penalised = latents * self._decoder_norms() if c.l1_decoder_norm else latents
+        if values is None:
+            penalised = latents * self._decoder_norms() if c.l1_decoder_norm else latents
+        else:  # the same sum over the k nonzero latents
+            penalised = values * self._decoder_norms()[indices] if c.l1_decoder_norm else values
         output.l1_loss = l1_penalty(penalised, c.l1_reduction)
         l1_weight = c.l1_weight if l1_weight is None else l1_weight
         loss = output.reconstruction_loss + l1_weight * output.l1_loss
         if c.activation == "topk" and c.auxk_weight > 0 and dead_mask is not None:
             flat_pre = pre.reshape(-1, pre.shape[-1])
-            flat_target = target.reshape(flat_pre.shape[0], -1).to(reconstruction.dtype)
-            scale = self.loss_scale ** 0.5  # the residual in normalised units, as the decoder weight is
-            residual = ((flat_target - reconstruction.reshape(flat_target.shape)) * scale).detach()
-            output.auxk_loss = auxk_loss(flat_pre, dead_mask.to(pre.device), residual, flat_target * scale,
-                                         self.decoder.weight, c.auxk_k or max(1, c.hidden_size // 2))
+            k_aux = c.auxk_k or max(1, c.hidden_size // 2)
+            dead_mask = dead_mask.to(pre.device)
+            aux = auxk_indices(flat_pre.detach(), dead_mask, k_aux)
+            if aux is None:
+                output.auxk_loss = pre.new_zeros(())
+            else:
+                if x is None:
+                    aux_values = torch.relu(flat_pre.gather(-1, aux))
+                else:
+                    aux_values = torch.relu(SelectedPreActivations.apply(x, self.encoder.weight, self.encoder.bias, flat_pre, aux))
+                flat_target = target.reshape(flat_pre.shape[0], -1).to(reconstruction.dtype)
+                scale = self.loss_scale ** 0.5  # the residual in normalised units, as the decoder weight is
+                residual = ((flat_target - reconstruction.reshape(flat_target.shape)) * scale).detach()
+                estimate = sparse_decode(aux_values, aux, self.decoder.weight)
+                output.auxk_loss = auxk_loss(estimate, residual, flat_target * scale, int(dead_mask.sum()), k_aux)
             loss = loss + c.auxk_weight * output.auxk_loss
         output.loss = loss
         return output

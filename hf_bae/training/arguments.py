@@ -209,5 +209,6 @@ RESUMABLE_CHANGES = frozenset({
     "report_to", "resume", "overwrite", "nan_check_every", "progress", "learning_rate", "max_grad_norm",
     "splice_rows", "validation_tokens", "dense_threshold", "save_dictionaries", "output_dir", "cache", "plots",
     "compile", "covariance_implementation", "covariance_chunk_size", "decoder_implementation",
+    "topk_implementation",
 })
 

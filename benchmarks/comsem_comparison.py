@@ -58,16 +58,19 @@ def main() -> None:
     parser.add_argument("--max_features", type=int, default=100, help="Features interpreted per dictionary.")
     parser.add_argument("--max_test_samples", type=int, default=4, help="Held-out activating samples judged per feature.")
     parser.add_argument("--num_negatives", type=int, default=4, help="Non-activating samples judged per feature.")
-    parser.add_argument("--judge_max_tokens", type=int, default=2,
-                        help="The judge answers Yes or No: a longer answer only costs time (the same cap calibrates it).")
+    parser.add_argument("--num_texts", type=int, default=2048, help="Corpus paragraphs the atlases are built from.")
+    parser.add_argument("--max_context_tokens", type=int, default=16,
+                        help="Context shown either side of a sample's token (the prompts' length is the judge's cost).")
     parser.add_argument("--calibration_items", type=int, default=None, help="Calibrate on a subset (None = all 308).")
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="A saved calibration of this same judge (hf-bae calibrate --output; e.g. "
+                             "benchmarks/calibration_results/calibration_qwen2.5-coder-1.5b.json): skip calibrating.")
     args = parser.parse_args()
 
     out = args.output_dir
     dictionaries = args.dictionaries or out / "dictionaries"
     cache = out / "llm.sqlite"
-    llm = ["--backend", "transformers", "--llm", args.llm, "--cache", str(cache),
-           "--judge_max_tokens", str(args.judge_max_tokens)]
+    llm = ["--backend", "transformers", "--llm", args.llm, "--cache", str(cache)]
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     if args.train:
@@ -75,10 +78,15 @@ def main() -> None:
     missing = [k for k in KINDS if not (dictionaries / k / "config.json").is_file()]
     if missing:
         sys.exit(f"{dictionaries}: no trained {', '.join(missing)}; pass --train or --dictionaries DIR.")
-    calibration = ["--max_items", str(args.calibration_items)] if args.calibration_items else []
-    times["calibrate the judge"] = hf_bae("calibrate", *llm, *calibration)
+    if args.calibration:
+        calibration = ["--judge_calibration", str(args.calibration)]
+    else:
+        times["calibrate the judge"] = hf_bae(
+            "calibrate", *llm, *(["--max_items", str(args.calibration_items)] if args.calibration_items else []))
+        calibration = []  # interpret finds the calibration saved beside the cache
     times["interpret (atlases, explain, judge)"] = hf_bae(
-        "interpret", "--dictionary", *(str(dictionaries / k) for k in KINDS), "random", *llm,
+        "interpret", "--dictionary", *(str(dictionaries / k) for k in KINDS), "random", *llm, *calibration,
+        "--num_texts", str(args.num_texts), "--max_context_tokens", str(args.max_context_tokens),
         "--max_features", str(args.max_features), "--max_test_samples", str(args.max_test_samples),
         "--num_negatives", str(args.num_negatives), "--output_dir", str(out / "interpret"))
 

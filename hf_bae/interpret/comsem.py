@@ -309,12 +309,17 @@ def _triple(sample: dict[str, Any]) -> tuple[str, int, str]:
 
 
 def select_features(num_features: int, max_features: int | None, seed: int) -> list[int]:
-    """All features, or a seeded random sample of `max_features` of them (sorted)."""
+    """All features, or a seeded random sample of `max_features` of them (sorted).
+
+    The samples are nested (a smaller `max_features` picks a subset of a larger one's), so raising
+    --max_features on a rerun reuses every cached call of the smaller run."""
     if max_features is None or max_features >= num_features:
         return list(range(num_features))
     import random
 
-    return sorted(random.Random(seed).sample(range(num_features), max_features))
+    order = list(range(num_features))
+    random.Random(seed).shuffle(order)  # a prefix of one seeded order: nested (random.sample's are not always)
+    return sorted(order[:max_features])
 
 
 @dataclass

@@ -239,3 +239,13 @@ def test_bootstrap_intervals_bracket_the_means_and_are_reproducible():
     assert bp["interpretable_fraction_balanced_accuracy"] == pytest.approx(2 / 3)
     lo, hi = bp["balanced_accuracy_interval"]
     assert lo <= bp["balanced_accuracy"] <= hi
+
+
+def test_feature_samples_are_nested_so_a_larger_rerun_reuses_the_cache():
+    from hf_bae.interpret.comsem import select_features
+
+    for m, sizes in ((300, (20, 50, 100)), (1000, (20, 50, 100, 500)), (2304, (20, 50, 100, 500))):
+        samples = [set(select_features(m, k, 0)) for k in sizes]
+        assert [len(s) for s in samples] == list(sizes)
+        assert all(a <= b for a, b in zip(samples, samples[1:]))  # (random.sample fails this for 1000: 20 vs 100)
+    assert select_features(50, 100, 0) == list(range(50))

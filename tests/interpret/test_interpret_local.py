@@ -79,10 +79,10 @@ def test_gguf_judges_default_to_bf16_where_the_cpu_has_bf16_kernels_and_the_dtyp
     from hf_bae.interpret import transformers_backend as tb
 
     assert tb.gguf_dtype("cuda:0") == "bfloat16"
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(tb, "cpu_has_bf16_matmul", lambda: False)
     assert tb.gguf_dtype() == tb.gguf_dtype("cpu") == "float32"
     assert TransformersBackend("qwen2.5-coder-1.5b").identity == "transformers@qwen2.5-coder-1.5b"
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(tb, "cpu_has_bf16_matmul", lambda: True)
     assert tb.gguf_dtype() == "bfloat16"
     assert TransformersBackend("qwen2.5-coder-1.5b").identity == "transformers@qwen2.5-coder-1.5b@bfloat16"
     assert TransformersBackend("/x/judge.gguf").identity.endswith("@bfloat16")

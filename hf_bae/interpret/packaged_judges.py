@@ -40,6 +40,25 @@ PACKAGED_JUDGES: dict[str, PackagedGGUF] = {j.name: j for j in [
 ]}
 
 
+# The local default (`--backend transformers` without --llm): the best judge that is installed. Measured on
+# the shipped calibration set (benchmarks/RESULTS.md): Qwen2.5-Coder-1.5B balanced accuracy 0.64 [0.61, 0.68],
+# SmolLM2-135M (embedded, always there) 0.51, i.e. at chance.
+DEFAULT_LOCAL_JUDGE = "qwen2.5-coder-1.5b"
+
+
+def installed(name: str) -> bool:
+    """Whether every part package of the packaged judge `name` is installed (nothing is read)."""
+    judge = PACKAGED_JUDGES[name]
+    return all(importlib.util.find_spec(f"{judge.package_prefix}{i}") is not None for i in range(1, judge.parts + 1))
+
+
+def default_local_llm() -> str:
+    """The local explainer/judge used when none is named: `DEFAULT_LOCAL_JUDGE` where its parts are installed
+    (`pip install -e ".[judge]"`), else "embedded" (SmolLM2-135M-Instruct: fine for trying the pipeline, at
+    chance as a judge; the results tables say so)."""
+    return DEFAULT_LOCAL_JUDGE if installed(DEFAULT_LOCAL_JUDGE) else "embedded"
+
+
 def _part_path(judge: PackagedGGUF, i: int) -> Path:
     package = f"{judge.package_prefix}{i}"
     spec = importlib.util.find_spec(package)

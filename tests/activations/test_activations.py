@@ -382,3 +382,18 @@ def test_a_paused_stream_leaves_the_model_free_for_full_forwards(tiny_lm):
         during = model(ids).logits  # would stop early (and raise) if the capture hooks were still registered
     assert torch.equal(before, during)
     assert next(stream).num_tokens > 0
+
+
+def test_a_hub_model_that_is_not_cached_offline_gets_one_line_that_says_what_to_do(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("from hf_bae.activations import load_language_model\n"
+            "try:\n    load_language_model('nobody-here/not-a-cached-model', revision='0123abcd')\n"
+            "except ValueError as e:\n    print('ERR', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert out.startswith("ERR Language model nobody-here/not-a-cached-model at revision 0123abcd is not in the local")
+    assert "hf download nobody-here/not-a-cached-model --revision 0123abcd" in out and "--base_model" in out
+    assert out.count("\n") == 1

@@ -213,7 +213,9 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
         weight, bias = self.encoder.weight, self.encoder.bias
         with torch.no_grad():
             pre = F.linear(x, weight, bias)
-            indices = torch.relu(pre).topk(self.config.k, dim=-1, sorted=False).indices
+            # topk of pre itself, not of ReLU(pre) (a pass over [n, m] less): where fewer than k are positive
+            # the extra picks differ, but ReLU makes their values and gradients 0 on both paths.
+            indices = pre.topk(self.config.k, dim=-1, sorted=False).indices
         values = torch.relu(SelectedPreActivations.apply(x, weight, bias, pre, indices))
         return pre, values, indices, x
 
@@ -279,13 +281,15 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
         else:
             target = self._check(target, c.reconstruction_size, "target")
         output.reconstruction_loss = reconstruction_loss(target, reconstruction) * self.loss_scale
-        if values is None:
-            penalised = latents * self._decoder_norms() if c.l1_decoder_norm else latents
-        else:  # the same sum over the k nonzero latents
-            penalised = values * self._decoder_norms()[indices] if c.l1_decoder_norm else values
-        output.l1_loss = l1_penalty(penalised, c.l1_reduction)
         l1_weight = c.l1_weight if l1_weight is None else l1_weight
-        loss = output.reconstruction_loss + l1_weight * output.l1_loss
+        # Logged even when unweighted (TopK: l1_weight 0), but then without a backward through the decoder norms.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and l1_weight != 0):
+            if values is None:
+                penalised = latents * self._decoder_norms() if c.l1_decoder_norm else latents
+            else:  # the same sum over the k nonzero latents
+                penalised = values * self._decoder_norms()[indices] if c.l1_decoder_norm else values
+            output.l1_loss = l1_penalty(penalised, c.l1_reduction)
+        loss = output.reconstruction_loss + l1_weight * output.l1_loss if l1_weight != 0 else output.reconstruction_loss
         if c.activation == "topk" and c.auxk_weight > 0 and dead_mask is not None:
             flat_pre = pre.reshape(-1, pre.shape[-1])
             k_aux = c.auxk_k or max(1, c.hidden_size // 2)

@@ -246,7 +246,7 @@ class CacheSource(ActivationSource):
 
     def validation(self, max_tokens, context_rows=0):
         view = self.validation_view
-        if view is None:
+        if view is None or max_tokens <= 0:  # --validation_tokens 0: no held-out split wanted
             return None
         with_tokens = bool(context_rows) and self.cache.manifest.has_tokens
         data = view.read(0, max_tokens, sites=list(self.sites), with_tokens=with_tokens)

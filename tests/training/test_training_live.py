@@ -122,6 +122,11 @@ def test_training_from_a_shard_cache(lm, tmp_path):
                 {"bae": BinaryAutoencoder(BAEConfig(hidden_size=48, layer=2))}, CacheSource(cache, ["layers.2.resid_post"]))
     with pytest.raises(ValueError, match="hidden size 48"):
         CacheSource(cache, ["layers.2.resid_post"], hidden_size=48)
+    # --validation_tokens 0 asks for no held-out split (it used to fail with KeyError: 'rows').
+    assert CacheSource(cache, ["layers.2.resid_post"]).validation(0, context_rows=8) is None
+    AcceleratorState._reset_state(True)
+    assert train_cli.main(cli(lm, tmp_path / "noval", "--cache", str(cache), "--dictionaries", "relu", "--max_steps", "3",
+                              "--validate_every", "0", "--validation_tokens", "0", layer=None)) == 0
 
 
 def test_empty_dataset_and_bad_layer_are_clear_errors(lm, tmp_path, capsys):

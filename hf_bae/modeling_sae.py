@@ -89,8 +89,13 @@ class SelectedPreActivations(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum").to(x.dtype)
         if ctx.needs_input_grad[1]:
-            rows = (grad.unsqueeze(-1) * x.to(weight.dtype).unsqueeze(1)).reshape(-1, x.shape[-1])
-            grad_weight = torch.zeros_like(weight).index_add_(0, indices.reshape(-1), rows)
+            # Gᵀx with G the [n, m] gradient of pre, n·k nonzeros: a sparse-dense product, never [n, k, d]
+            # (6x faster than index_add of the n·k outer products at m = 2304, 1.8x at m = 24576; 2 CPU cores).
+            n, k = indices.shape
+            tokens = torch.arange(n, device=indices.device).repeat_interleave(k)
+            grad_t = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), tokens]), grad.reshape(-1),
+                                             (weight.shape[0], n), check_invariants=False)
+            grad_weight = torch.sparse.mm(grad_t, x.to(weight.dtype))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = weight.new_zeros(weight.shape[0]).index_add_(0, indices.reshape(-1), grad.reshape(-1))
         return grad_x, grad_weight, grad_bias, None, None

@@ -1,9 +1,14 @@
 """The paper's interpretability comparison, offline, in one command: ComSem of the BAE, TopK, ReLU, JumpReLU
 and a random baseline on the same tokens of the embedded model, judged by one calibrated local judge.
 
-    python benchmarks/comsem_comparison.py --train                 # train the four dictionaries first (~5 min)
+    python benchmarks/comsem_comparison.py --train                 # train the four dictionaries first (~6 min)
     python benchmarks/comsem_comparison.py --dictionaries DIR      # DIR/bae DIR/topk ... from `hf-bae train`
-    python benchmarks/comsem_comparison.py --max_features 20       # a quick look
+    python benchmarks/comsem_comparison.py --dictionaries DIR --max_features 10 \
+        --calibration benchmarks/calibration_results/calibration_qwen2.5-coder-1.5b.json   # a first look
+
+Cost on 2 CPU cores (float32 judge): ~46 s per explanation and ~4 s per judged sample, so ~28 min for 10
+features of each of the five and ~8 h for 100 (benchmarks/RESULTS.md); raising --max_features later
+reuses every cached call.
 
 A thin driver of the CLI (each step is the command a user would type, printed before it runs, and timed):
 

@@ -13,19 +13,13 @@ uses it only where the instructions exist (`hf_bae.interpret.transformers_backen
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import call_times
 
 
 def best(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_times(fn, "cpu", repeats))
 
 
 def lm_rows(tokens: int):

@@ -24,28 +24,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from timing import call_times
 
 
 def best_seconds(fn, device: str, repeats: int = 5, warmup: int = 1) -> float:
     """The fastest of `repeats` timed calls (the machine may be shared: the best is the least disturbed)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_times(fn, device, repeats, warmup))
 
 
 def gemm_peak(dtype: torch.dtype, device: str, n: int = 2048) -> float:

@@ -26,30 +26,16 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from timing import call_times
 
 HERE = Path(__file__).resolve().parent
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device, steps, warmup=1):
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(call_times(fn, device, steps, warmup))
 
 
 def run_row(d, m, batch, density, implementation, steps, device, bf16, fused, compile_model):

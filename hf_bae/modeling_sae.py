@@ -262,13 +262,11 @@ class SparseAutoencoder(DictionaryPreTrainedModel):
         c = self.config
         values = indices = x = None
         if self.sparse_topk:
-            flat_pre, values, indices, x = self._sparse_topk(hidden_states)
+            flat_pre, flat_values, flat_indices, x = self._sparse_topk(hidden_states)
             shape = hidden_states.shape[:-1]
-            pre = flat_pre.reshape(*shape, -1)
-            reconstruction = self.decode_sparse(values, indices).reshape(*shape, -1)
-            latents = torch.zeros_like(pre).scatter(-1, indices.reshape(*shape, -1),
-                                                    values.reshape(*shape, -1).to(pre.dtype)) if return_dense_latents else None
-            values, indices = values.reshape(*shape, -1), indices.reshape(*shape, -1)
+            reconstruction = self.decode_sparse(flat_values, flat_indices).reshape(*shape, -1)
+            pre, values, indices = (t.reshape(*shape, -1) for t in (flat_pre, flat_values, flat_indices))
+            latents = torch.zeros_like(pre).scatter(-1, indices, values.to(pre.dtype)) if return_dense_latents else None
         else:
             pre = self.pre_activations(hidden_states)
             latents = latent_activation(c)(pre)

@@ -89,7 +89,7 @@ class DictionaryPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.from_pretrained`, with a truncated or corrupt weights file named in the error
         (safetensors says only "incomplete metadata"), as a ValueError: the input is bad, not the code."""
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
             where = str(pretrained_model_name_or_path)
             place = os.path.join(where, kwargs.get("subfolder") or "", WEIGHTS_FILE)
@@ -97,6 +97,13 @@ class DictionaryPreTrainedModel(PreTrainedModel):
                 place = f"{WEIGHTS_FILE} of {where}" + (f"/{kwargs['subfolder']}" if kwargs.get("subfolder") else "")
             raise ValueError(f"{place} is truncated or corrupt ({error}): save or download the dictionary again "
                              "(from the Hub: force_download=True).") from error
+        # Loading replaced the parameters with contiguous tensors (the result is a tuple with output_loading_info).
+        (model[0] if isinstance(model, tuple) else model).lay_out_parameters()
+        return model
+
+    def lay_out_parameters(self) -> None:
+        """Store parameters in the memory layout the kind's forward and backward read fastest (values and the
+        saved format unchanged). Called on construction and after `from_pretrained`; a no-op by default."""
 
     def _check(self, tensor: torch.Tensor, expected: int, name: str) -> torch.Tensor:
         """Raise a clear ValueError for a non-tensor, a wrong width, an empty batch or non-finite values;

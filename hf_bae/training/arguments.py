@@ -94,8 +94,9 @@ class TrainingArguments:
     compile: bool = option(False, "torch.compile each dictionary (accelerate's dynamo backend 'inductor'): fuses the "
                            "element-wise work around the matmuls; the covariance penalty's custom autograd stays eager. "
                            "Needs a C++ compiler on the CPU; the first steps are slow while it compiles.")
-    fused_optimizer: bool = option(False, "Use the fused Adam/AdamW kernel (one kernel for all parameters; CUDA and CPU "
-                                   "float32/bf16): faster steps on a GPU, tiny numerical differences from the default.")
+    fused_optimizer: bool = option(True, "Use PyTorch's fused Adam/AdamW kernel (CPU and CUDA): one pass over each "
+                                   "parameter instead of a dozen tensor ops (a 24576x768 SAE on 2 CPU cores: 28 vs 227 ms "
+                                   "per step). --no_fused_optimizer gives the per-tensor loop (rounding-level differences).")
     cpu: bool = option(False, "Train on the CPU even when an accelerator is available (also for multi-process CPU "
                        "runs: `accelerate launch --multi_gpu --num_processes 2 train.py --cpu`).")
     seed: int = option(0, "Seed of initialisation and data shuffling.")

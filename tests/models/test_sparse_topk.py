@@ -123,3 +123,24 @@ def test_bf16_autocast_runs_the_sparse_path_close_to_float32():
     ref = dense(x)
     assert torch.isfinite(out.loss) and abs(float(out.loss) - float(ref.loss)) < 0.05 * float(ref.loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in sparse.parameters())
+
+
+def test_the_sparse_path_keeps_its_decoder_column_major_through_loading_and_training(tmp_path):
+    """The embedding-bag decode reads whole feature directions: the decoder weight's transpose stays contiguous
+    after init, a dtype change, `from_pretrained` and an optimiser step; the saved tensor is the usual [d, m]."""
+    from safetensors.torch import load_file
+
+    dense, sparse = pair()
+    assert sparse.decoder.weight.t().is_contiguous() and not sparse.decoder.weight.is_contiguous()
+    assert dense.decoder.weight.is_contiguous()  # the dense path reads rows: left as nn.Linear stores it
+    sparse.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "model.safetensors"))["decoder.weight"]
+    assert saved.shape == (24, 96)
+    torch.testing.assert_close(saved, sparse.decoder.weight.detach())
+    loaded = SparseAutoencoder.from_pretrained(tmp_path)
+    assert loaded.decoder.weight.t().is_contiguous()
+    torch.testing.assert_close(loaded.decoder.weight, sparse.decoder.weight)
+    optimizer = torch.optim.Adam(loaded.parameters(), lr=1e-2, fused=True)
+    loaded(torch.randn(8, 24, dtype=loaded.dtype)).loss.backward()
+    optimizer.step()
+    assert loaded.decoder.weight.t().is_contiguous() and loaded.decoder.weight.grad.t().is_contiguous()

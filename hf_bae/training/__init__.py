@@ -9,6 +9,7 @@
 - `initialization`: normalisation statistics and the BAE's initial firing rate from the first batches.
 - `inputs`: the one place that turns options into a language model, an activation source and provenance.
 - `step_metrics`: the training metrics of a step and the records of `metrics.jsonl`.
+- `optimizers`: `make_optimizer` (Adam / AdamW, fused, column-major weights stepped without copies).
 - `loop`: `DictionaryTrainer` (alias `Trainer`), `NonFiniteLossError`, `NonFiniteActivationsError`, `TrainingInterrupted`.
 - `run`: `train` (what `hf-bae train` does), `train_dictionaries` / `brief_arguments` (a brief run of
   dictionaries built by the caller), `summarize_run`.
@@ -48,8 +49,8 @@ from .arguments import (
 from .checkpoints import check_output_dir, holds_run, latest_checkpoint
 from .factory import DICTIONARY_KINDS, build_dictionary, dictionaries_for_keys
 from .inputs import DictionarySites, RunInputs, build_inputs, dictionary_sites, source_keys
-from .loop import (DictionaryTrainer, NonFiniteActivationsError, NonFiniteLossError, TrainingInterrupted, make_accelerator,
-                   make_optimizer)
+from .loop import DictionaryTrainer, NonFiniteActivationsError, NonFiniteLossError, TrainingInterrupted, make_accelerator
+from .optimizers import make_optimizer
 from .run import BRIEF_OPTIONS, brief_arguments, summarize_run, train, train_dictionaries
 from .schedules import SCHEDULES, learning_rate_at, penalty_active
 

@@ -36,6 +36,7 @@ from ..training_plots import plot_dictionary_run
 from . import checkpoints
 from .arguments import TrainingArguments
 from .initialization import initialize_from_data
+from .optimizers import make_optimizer
 from .inputs import source_keys
 from .schedules import learning_rate_at, penalty_active, warmup_starts
 from .step_metrics import step_window, window_record
@@ -77,20 +78,6 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
     return Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision, log_with=log_with,
                        dynamo_backend="inductor" if args.compile else "no",
                        gradient_accumulation_steps=args.gradient_accumulation_steps, project_dir=args.output_dir)
-
-
-def make_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
-    """Adam / AdamW over a dictionary's parameters; the encoder bias in a group of its own when its learning
-    rate is scaled (`encoder_bias_lr_scale`)."""
-    cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
-    scale = getattr(model.config, "encoder_bias_lr_scale", 1.0)
-    bias = model.encoder.bias if scale != 1.0 else None
-    groups = [{"params": [p for p in model.parameters() if p is not bias], "lr_scale": 1.0}]
-    if bias is not None:  # a group of its own only when it differs: the original's optimiser state stays as it was
-        groups.append({"params": [bias], "lr_scale": scale})
-    return cls([{**g, "lr": args.learning_rate * g["lr_scale"]} for g in groups], lr=args.learning_rate,
-               betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay,
-               fused=True if args.fused_optimizer else None)
 
 
 class DictionaryTrainer:

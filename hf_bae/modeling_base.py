@@ -176,6 +176,12 @@ class DictionaryPreTrainedModel(PreTrainedModel):
         """Booleans `[..., m]`: which features fired, from the output of `forward`."""
         raise NotImplementedError
 
+    def firing(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a training step records of `forward`'s output: (features fired per token, averaged: a scalar;
+        `[m]` booleans, which fired on any token). From `features_fired` unless a kind has a cheaper way."""
+        fired = self.features_fired(output)
+        return fired.sum(-1).float().mean(), fired.reshape(-1, fired.shape[-1]).any(0)
+
     def apply_constraints(self) -> None:
         """Restore the weights' constraints after an optimiser step (none by default)."""
 

@@ -250,8 +250,13 @@ class DictionaryTrainer:
             "dtype: fp16 overflows on some layers, use bf16 or fp32), or pass --skip_nonfinite_tokens to drop "
             "such tokens (counted in eval_results.json).")
 
-    def _finite_rows(self, activations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, str | None]:
-        """(rows whose activations are finite at every site, the first site with a bad row or None)."""
+    def _finite_rows(self, activations: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, str | None]:
+        """(rows whose activations are finite at every site, the first site with a bad row), or (None, None)
+        when every value is finite."""
+        # A sum is finite when every term is (unless it overflows: then the row check below decides): one
+        # reduction per site instead of a mask on every step.
+        if all(bool(torch.isfinite(values.sum())) for values in activations.values()):
+            return None, None
         finite, first = None, None
         for site, values in activations.items():
             ok = torch.isfinite(values).all(-1)
@@ -311,11 +316,11 @@ class DictionaryTrainer:
             out = e.model(x, target=target, **model.training_kwargs(on, e.since_fired))
             acc.backward(out.loss)
             with torch.no_grad():
-                fired_mask = model.features_fired(out).detach()
-                stats = step_window(out, fired_mask, x if target is None else target)
+                l0, fired = model.firing(out)
+                stats = step_window(out, l0, x if target is None else target)
                 e.window = stats if e.window is None else e.window + stats
                 e.since_fired += n
-                e.since_fired.masked_fill_(fired_mask.any(0), 0)
+                e.since_fired.masked_fill_(fired, 0)
             losses.append(out.loss.detach())
         return losses
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..modeling_base import DictionaryPreTrainedModel
 
@@ -17,23 +18,24 @@ _PENALTY_FIELDS = ("entropy_loss", "covariance_loss", "l1_loss")
 
 
 @torch.no_grad()
-def step_window(output: Any, fired: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def step_window(output: Any, l0: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The `WINDOW_FIELDS` of one forward: its losses, mean L0 and the sums behind the FVU.
 
     Args:
         output: the model's forward output (with its loss).
-        fired: `[n, m]` booleans, the features that fired.
+        l0: features fired per token, averaged (`DictionaryPreTrainedModel.firing`).
         target: `[n, d]` what was reconstructed.
     """
     t = target.float()
     zero = output.loss.new_zeros(())
     penalties = [getattr(output, name, None) for name in _PENALTY_FIELDS]
+    # mse_loss(reduction="sum") is one pass without temporaries (this runs on every step).
     return torch.stack([
         output.loss.detach().float(), output.reconstruction_loss.detach().float(),
         *[(v.detach().float() if v is not None else zero) for v in penalties],
-        fired.sum(-1).float().mean(),
-        (t - output.reconstruction.detach().float()).pow(2).sum(),
-        (t - t.mean(0, keepdim=True)).pow(2).sum(),
+        l0.float(),
+        F.mse_loss(output.reconstruction.detach().float(), t, reduction="sum"),
+        F.mse_loss(t, t.mean(0, keepdim=True).expand_as(t), reduction="sum"),
     ])
 
 

@@ -72,6 +72,16 @@ def test_training_uses_values_and_indices_and_the_fired_mask_matches():
     fired = sparse.features_fired(out)
     assert fired.shape == (32, 96) and torch.equal(fired, dense.features_fired(dense(x)))
     assert int(fired.sum(-1).max()) <= 5
+    # What a training step records, from the k values and indices, equals the dense path's from its mask;
+    # zero values (ReLU of a negative pick) do not count as fired.
+    with torch.no_grad():
+        sparse.encoder.bias[:92] = -100.0  # 4 features left for k = 5: a zero pick on every token
+        dense.encoder.bias[:92] = -100.0
+    out, reference = sparse(x, **kwargs), dense(x)
+    assert bool((out.latent_values == 0).any())
+    (l0, anywhere), (l0_dense, anywhere_dense) = sparse.firing(out), dense.firing(reference)
+    torch.testing.assert_close(l0, l0_dense.float())
+    assert torch.equal(anywhere, anywhere_dense) and not anywhere[:92].any()
 
 
 def test_normalised_training_and_folding_give_the_same_outputs_on_both_paths():

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -21,6 +22,7 @@ from ..configuration import option
 from .chat import ChatBackend, ChatRequest, ChatResult
 from .ledger import Ledger
 from .openai_backend import DEFAULT_OPENAI_MODEL, OpenAIBackend, resolve_api_key
+from .openai_batch import OpenAIBatchBackend
 from .response_cache import ResponseCache, default_cache_path, request_key
 from .transformers_backend import TransformersBackend
 
@@ -156,7 +158,7 @@ class LLMClient:
         return results  # type: ignore[return-value]
 
 
-BACKENDS = ("openai", "transformers")
+BACKENDS = ("openai", "openai-batch", "transformers")
 SECRET_FIELDS = ("api_key",)  # never written anywhere
 
 
@@ -167,7 +169,8 @@ class LLMConfig:
     _argument_group_name = 'LLM options (explainer and judge)'  # its --help section
 
     backend: str = option(
-        "openai", "openai: any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama); transformers: a local chat model.",
+        "openai", "openai: any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama); openai-batch: OpenAI's Batch "
+        "API (half the price, answers within 24 h; a stopped run re-attaches to its batch); transformers: a local chat model.",
         choices=BACKENDS,
     )
     llm: str | None = option(
@@ -185,6 +188,10 @@ class LLMConfig:
     max_retries: int = option(6, "Retries per call after 429, 5xx, timeouts, dropped connections or malformed bodies.")
     backoff_base: float = option(1.0, "First retry delay in seconds; doubles each retry (with jitter), unless the server sends Retry-After.")
     concurrency: int = option(8, "API calls in flight at once.")
+    batch_poll_interval: float = option(30.0, "openai-batch: seconds between status checks of a batch.")
+    batch_max_wait: float = option(
+        26 * 3600.0, "openai-batch: seconds to wait for a batch before stopping (its requests count as timeouts; the "
+        "batch keeps running and the same command run again collects it).")
     price_input: float | None = option(None, "USD per million prompt tokens for the ledger (default: the list price of known OpenAI models, else 0).")
     price_output: float | None = option(None, "USD per million completion tokens for the ledger.")
     llm_batch_size: int = option(8, "Local backend: prompts per generate call.")
@@ -223,6 +230,8 @@ class LLMConfig:
         # `not x > 0` is also true for NaN, which `x <= 0` lets through.
         for name, value, low, strict in (("timeout", self.timeout, 0, True), ("backoff_base", self.backoff_base, 0, False),
                                          ("max_retries", self.max_retries, 0, False), ("concurrency", self.concurrency, 1, False),
+                                         ("batch_poll_interval", self.batch_poll_interval, 0, True),
+                                         ("batch_max_wait", self.batch_max_wait, 0, True),
                                          ("llm_batch_size", self.llm_batch_size, 1, False),
                                          ("llm_max_new_tokens", self.llm_max_new_tokens, 1, False),
                                          ("price_input", self.price_input, 0, False),
@@ -243,24 +252,30 @@ class LLMConfig:
 def make_backend(config: LLMConfig) -> ChatBackend:
     """The backend named by `config`. An API backend without a key raises ValueError here, before any work
     (except in a dry run, which sends nothing)."""
-    if config.backend == "openai":
+    if config.backend in ("openai", "openai-batch"):
         api_key = config.api_key
         if config.dry_run:
             try:
                 api_key = resolve_api_key(api_key, config.api_key_env)
             except ValueError:
                 api_key = "unused-in-dry-run"
-        return OpenAIBackend(
-            model=config.llm or DEFAULT_OPENAI_MODEL, base_url=config.base_url, api_key=api_key,
-            api_key_env=config.api_key_env, timeout=config.timeout, max_retries=config.max_retries,
-            backoff_base=config.backoff_base, concurrency=config.concurrency,
-            price_input=config.price_input, price_output=config.price_output,
-        )
+        common = dict(model=config.llm or DEFAULT_OPENAI_MODEL, base_url=config.base_url, api_key=api_key,
+                      api_key_env=config.api_key_env, timeout=config.timeout, max_retries=config.max_retries,
+                      backoff_base=config.backoff_base, price_input=config.price_input, price_output=config.price_output)
+        if config.backend == "openai":
+            return OpenAIBackend(concurrency=config.concurrency, **common)
+        return OpenAIBatchBackend(state_path=batch_state_path(config), poll_interval=config.batch_poll_interval,
+                                  max_wait=config.batch_max_wait, **common)
     from .packaged_judges import default_local_llm
 
     return TransformersBackend(model=config.llm or default_local_llm(), device=config.llm_device, dtype=config.llm_dtype,
                                batch_size=config.llm_batch_size,
                                max_new_tokens=config.llm_max_new_tokens, prefix_cache=config.llm_prefix_cache)
+
+
+def batch_state_path(config: LLMConfig) -> Path:
+    """Where `openai-batch` records its batches in flight: beside the response cache (`<cache>.batches.json`)."""
+    return Path(config.cache or default_cache_path()).with_suffix(".batches.json")
 
 
 def make_cache(config: LLMConfig) -> ResponseCache | None:

@@ -134,3 +134,23 @@ def test_the_recorded_base_model_revision_is_the_one_loaded():
     entries = [LoadedDictionary("bae", BinaryAutoencoder(config))]
     assert resolve_base_model(CorpusArguments(), entries) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "hf-bae-embedded")
     assert resolve_base_model(CorpusArguments(base_model="other", base_model_revision="v1"), entries) == ("other", "v1")
+
+
+def test_interpret_through_the_batch_api_costs_half_and_a_rerun_asks_nothing(setup, tmp_path, monkeypatch, capsys):
+    root = setup
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out, cache = tmp_path / "out", tmp_path / "cache.sqlite"
+    with FakeOpenAI(responder=category_llm) as server:
+        argv = ["interpret", "--dictionary", str(root / "topk"), *common(root), "--backend", "openai-batch",
+                "--base_url", server.base_url, "--llm", "gpt-4.1-mini", "--cache", str(cache), "--output_dir", str(out),
+                "--batch_poll_interval", "0.01", "--max_features", "4"]
+        assert main(argv) == 0
+        assert len(server.batches) == 2  # one for the explanations, one for the judge's verdicts
+        assert all(r.get("batch") for r in server.requests)  # nothing went through the synchronous route
+        ledger = json.loads((out / "ledger.json").read_text())["topk"]
+        assert ledger["price_usd_per_million"] == {"input": 0.20, "output": 0.80} and ledger["succeeded"] > 0
+        assert "OpenAI batch batch_1: completed" in capsys.readouterr().err
+        assert main(argv) == 0 and len(server.batches) == 2  # every answer from the cache
+    result = json.loads((out / "results.json").read_text())[0]
+    assert result["features_scored"] >= 1 and 0 <= result["comsem_score"] <= 1
+    assert not (tmp_path / "cache.batches.json").exists() or not json.loads((tmp_path / "cache.batches.json").read_text())

@@ -252,11 +252,12 @@ def bench_topk(layer=6, k=32, steps=12, rows_per_step=8, context_length=128, rep
             "ours_tokens_per_s_incl_startup": ours_total}
 
 
-def bench_topk_step(d=576, m=2304, k=32, n=1024, steps=20, only=None):
+def bench_topk_step(d=576, m=2304, k=32, n=1024, steps=20, only=None, normalized=False):
     """The SAE step alone (no LM) on the same activations: sparsify's SparseCoder vs our SparseAutoencoder on
     each `topk_implementation`, each with PyTorch's per-tensor Adam and with fused Adam (our trainer's default;
     sparsify's model takes either, its own trainer defaults to signum). tokens/s of the faster half of the
-    steps (a shared machine), keyed "name" (per-tensor Adam) and "name fused"; `only` picks some keys."""
+    steps (a shared machine), keyed "name" (per-tensor Adam) and "name fused"; `only` picks some keys.
+    `normalized`: our models read normalised inputs as the trainer's do (`set_normalization`)."""
     import sparsify
 
     from hf_bae import SAEConfig, SparseAutoencoder
@@ -270,6 +271,8 @@ def bench_topk_step(d=576, m=2304, k=32, n=1024, steps=20, only=None):
         ours = SparseAutoencoder(SAEConfig(hidden_size=d, latent_size=m, activation="topk", k=k,
                                            topk_implementation=implementation))
         ours.check_inputs = False
+        if normalized:
+            ours.set_normalization(x.mean(0), 1 / float(x.norm(dim=-1).mean()))
         models[f"hf_bae {implementation}"] = (ours, lambda ours=ours: ours(x, return_dense_latents=False).loss)
     runs = [(name, fused) for name in models for fused in (False, True)
             if name != "hf_bae dense" or not fused]  # the dense path is 3x slower whatever the optimiser
@@ -295,7 +298,8 @@ def bench_topk_step(d=576, m=2304, k=32, n=1024, steps=20, only=None):
 
 def bench_topk_from_cache(workdir, tokens=65536, k=32, batch=1024, steps=80):
     """TopK training from an activation cache (`hf-bae harvest`, layer 6 of the embedded model) against the
-    step alone at the same sizes: the fraction says how much of the step's rate the cache I/O leaves."""
+    step alone of the same model (normalised inputs, as the trainer's; fused Adam): the fraction says how much
+    of the step's rate the cache I/O and the trainer's own work (metrics, checks, counters) leave."""
     import subprocess
     import sys
 
@@ -307,7 +311,7 @@ def bench_topk_from_cache(workdir, tokens=65536, k=32, batch=1024, steps=80):
     subprocess.run([sys.executable, "-m", "hf_bae", "harvest", "--sites", "layers.6.resid_post", "--num_tokens",
                     str(tokens), "--output_dir", str(cache)], check=True, capture_output=True)
     def step_alone():
-        return bench_topk_step(576, 2304, k, batch, only={"hf_bae sparse fused"})["hf_bae sparse fused"]
+        return bench_topk_step(576, 2304, k, batch, only={"hf_bae sparse fused"}, normalized=True)["hf_bae sparse fused"]
 
     before = step_alone()  # measured before and after the run, the best kept: the machine's speed drifts
     AcceleratorState._reset_state(True)

@@ -6,7 +6,7 @@ peak of a large square GEMM in the same dtype, on the same threads):
 
 - `harvest forward`: `stream_activations` on the embedded SmolLM2-135M up to layer L (packed 128-token
   rows, batch 8): 2·(parameters of layers 0..L) + 4·(ctx/2)·d per layer (causal attention) per token.
-- `BAE step`: forward + backward + Adam of a `BinaryAutoencoder`, covariance weight 0: its five
+- `BAE step`: forward + backward + (fused, the trainer's) Adam of a `BinaryAutoencoder`, covariance weight 0: its five
   encoder/decoder GEMMs, 10·b·d·m FLOPs.
 - `covariance pass`: the exact dense covariance penalty with its gradient (`covariance_penalty`,
   implementation dense) on codes half of which fire: 1.5·b·m² multiply-adds = 3·b·m² FLOPs.
@@ -51,13 +51,20 @@ def _train_step(model, x, optimizer, autocast):
     return step
 
 
+def trainer_adam(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The trainer's default optimiser: fused Adam (column-major weights stepped without copies)."""
+    from hf_bae.training.optimizers import Adam
+
+    return Adam(model.parameters(), lr=1e-4, fused=True)
+
+
 def bae_step(d: int, m: int, b: int, device: str, autocast) -> tuple[float, float]:
     from hf_bae import BAEConfig, BinaryAutoencoder
 
     model = BinaryAutoencoder(BAEConfig(hidden_size=d, latent_size=m, covariance_weight=0.0)).to(device)
     model.check_inputs = False
     x = torch.randn(b, d, device=device)
-    seconds = best_seconds(_train_step(model, x, torch.optim.Adam(model.parameters(), lr=1e-4), autocast), device)
+    seconds = best_seconds(_train_step(model, x, trainer_adam(model), autocast), device)
     return 10 * b * d * m, seconds
 
 
@@ -79,7 +86,7 @@ def topk_step(d: int, m: int, k: int, b: int, implementation: str, device: str, 
                                         topk_implementation=implementation)).to(device)
     model.check_inputs = False
     x = torch.randn(b, d, device=device)
-    seconds = best_seconds(_train_step(model, x, torch.optim.Adam(model.parameters(), lr=1e-4), autocast), device)
+    seconds = best_seconds(_train_step(model, x, trainer_adam(model), autocast), device)
     flops = 10 * b * d * m if implementation == "dense" else 2 * b * d * m + 8 * b * k * d
     return flops, seconds
 

@@ -43,7 +43,7 @@ def base_model_dtype_option(aliases: Sequence[str] = BASE_MODEL_DTYPE_ALIASES) -
     """The `--base_model_dtype` field (None: float32 on CPU, the accelerator's default dtype on GPU)."""
     return option(None, "dtype of --base_model: float32, bfloat16, float16 or auto; default: float32 on CPU, the "
                   "checkpoint's own dtype (auto) on an accelerator. On a CPU with bf16 instructions (avx512_bf16 or "
-                  "amx_bf16 in /proc/cpuinfo) bfloat16 runs the LM about 2x faster, activations within ~1 %; without "
+                  "amx_bf16 in /proc/cpuinfo) bfloat16 runs the LM about 2x faster, activations within about 1 percent; without "
                   f"them it is emulated and ~5x slower. Old names: {', '.join(aliases)}.", aliases=list(aliases))
 
 

@@ -103,7 +103,8 @@ class DictionaryPreTrainedModel(PreTrainedModel):
 
     def lay_out_parameters(self) -> None:
         """Store parameters in the memory layout the kind's forward and backward read fastest (values and the
-        saved format unchanged). Called on construction and after `from_pretrained`; a no-op by default."""
+        saved format unchanged). A kind calls it at the end of `__init__`, and `from_pretrained` again after
+        loading; a no-op by default."""
 
     def _check(self, tensor: torch.Tensor, expected: int, name: str) -> torch.Tensor:
         """Raise a clear ValueError for a non-tensor, a wrong width, an empty batch or non-finite values;

@@ -36,8 +36,8 @@ from ..training_plots import plot_dictionary_run
 from . import checkpoints
 from .arguments import TrainingArguments
 from .initialization import initialize_from_data
-from .optimizers import make_optimizer
 from .inputs import source_keys
+from .optimizers import make_optimizer
 from .schedules import learning_rate_at, penalty_active, warmup_starts
 from .step_metrics import step_window, window_record
 

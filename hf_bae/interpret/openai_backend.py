@@ -45,6 +45,16 @@ def resolve_api_key(api_key: str | None = None, api_key_env: str | None = None) 
     )
 
 
+def completion_body(model: str, request: ChatRequest) -> dict[str, Any]:
+    """The chat-completions request body of `request` (what the synchronous and the Batch API both send)."""
+    body: dict[str, Any] = {"model": model, "messages": request.as_messages()}
+    if request.max_tokens is not None:
+        body["max_completion_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    return body
+
+
 def _retry_after_seconds(error: Exception) -> float | None:
     response = getattr(error, "response", None)
     headers = getattr(response, "headers", None)
@@ -148,12 +158,7 @@ class OpenAIBackend(ChatBackend):
         raise error
 
     def _once(self, request: ChatRequest) -> ChatResult:
-        kwargs: dict[str, Any] = {"model": self.model, "messages": request.as_messages()}
-        if request.max_tokens is not None:
-            kwargs["max_completion_tokens"] = request.max_tokens
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        response = self._client.chat.completions.create(**kwargs)
+        response = self._client.chat.completions.create(**completion_body(self.model, request))
         if isinstance(response, (str, bytes)) or not getattr(response, "choices", None):
             raise ValueError("the response has no choices")
         text = response.choices[0].message.content

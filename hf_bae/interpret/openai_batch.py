@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .chat import RETRYABLE, ChatRequest, ChatResult, LLMSetupError
-from .openai_backend import OpenAIBackend
+from .openai_backend import OpenAIBackend, completion_body
 from .response_cache import request_key
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,7 @@ class BatchCallError(RuntimeError):
 
 def batch_line(custom_id: str, model: str, request: ChatRequest) -> dict[str, Any]:
     """One line of a batch input file: the chat-completions request `request` as the synchronous backend sends it."""
-    body: dict[str, Any] = {"model": model, "messages": request.as_messages()}
-    if request.max_tokens is not None:
-        body["max_completion_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
+    return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": completion_body(model, request)}
 
 
 def parse_batch_line(line: dict[str, Any]) -> ChatResult:

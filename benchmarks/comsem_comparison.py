@@ -6,9 +6,10 @@ and a random baseline on the same tokens of the embedded model, judged by one ca
     python benchmarks/comsem_comparison.py --dictionaries DIR --max_features 10 \
         --calibration benchmarks/calibration_results/calibration_qwen2.5-coder-1.5b.json   # a first look
 
-Cost on 2 CPU cores (float32 judge): ~46 s per explanation and ~4 s per judged sample, so ~28 min for 10
-features of each of the five and ~8 h for 100 (benchmarks/RESULTS.md); raising --max_features later
-reuses every cached call.
+Cost on 2 CPU cores: with the float32 judge (a CPU without bf16 instructions) ~46 s per explanation and
+~4 s per judged sample, so ~28 min for 10 features of each of the five and ~8 h for 100; with the bf16 judge
+(a CPU with avx512_bf16) ~4.4 s and ~2.2 s, so ~20 min for 10 and ~3 h for 100 (benchmarks/RESULTS.md).
+Raising --max_features later reuses every cached call.
 
 A thin driver of the CLI (each step is the command a user would type, printed before it runs, and timed):
 

@@ -171,6 +171,14 @@ class OpenAIBackend(ChatBackend):
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         )
 
+    def _retry_delay(self, attempt: int, error: Exception) -> float:
+        """Seconds before retry `attempt` + 1: the server's Retry-After, else min(backoff_max, backoff_base·2ⁿ)
+        with jitter; never more than backoff_max."""
+        delay = _retry_after_seconds(error)
+        if delay is None:
+            delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+        return min(delay, self.backoff_max)
+
     def _complete(self, request: ChatRequest) -> ChatResult:
         retries: Counter = Counter()
         for attempt in range(self.max_retries + 1):
@@ -186,11 +194,9 @@ class OpenAIBackend(ChatBackend):
                 if kind not in RETRYABLE or attempt == self.max_retries:
                     return ChatResult(error=kind, attempts=attempt + 1, retries=retries, detail=detail)
                 retries[kind] += 1
-                delay = _retry_after_seconds(error)
-                if delay is None:
-                    delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+                delay = self._retry_delay(attempt, error)
                 logger.debug("retrying after %s (%.2f s): %s", kind, delay, detail)
-                time.sleep(min(delay, self.backoff_max))
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:

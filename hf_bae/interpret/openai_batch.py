@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -156,7 +155,7 @@ class OpenAIBatchBackend(OpenAIBackend):
                 kind = self._classify(error)
                 if kind not in RETRYABLE or attempt == self.max_retries:
                     raise BatchCallError(f"{what} failed ({kind}): {type(error).__name__}: {str(error)[:200]}", kind) from error
-                time.sleep(min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0))
+                time.sleep(self._retry_delay(attempt, error))
         raise AssertionError("unreachable")
 
     def _submit(self, lines: list[dict[str, Any]]) -> str:
@@ -209,12 +208,13 @@ class OpenAIBatchBackend(OpenAIBackend):
                 batch_id = self._submit([batch_line(i, self.model, r) for i, r in zip(ids, requests)])
                 self.state.set(digest, batch_id)  # before waiting: a stopped run re-attaches instead of paying twice
             batch = self._wait(batch_id)
+            lines = self._read_lines(batch.output_file_id) + self._read_lines(batch.error_file_id)
         except BatchWaitTimeout as error:
             return [ChatResult(error="timeout", attempts=1, detail=str(error)) for _ in requests]
-        except BatchCallError as error:
+        except BatchCallError as error:  # still recorded (unless the submission failed): a rerun re-attaches
             return [ChatResult(error=error.kind, attempts=1, detail=str(error)) for _ in requests]
         results: dict[str, ChatResult] = {}
-        for line in self._read_lines(batch.output_file_id) + self._read_lines(batch.error_file_id):
+        for line in lines:
             if line.get("custom_id") in results and results[line["custom_id"]].ok:
                 continue
             results[line.get("custom_id")] = parse_batch_line(line)

@@ -90,6 +90,14 @@ def test_http_failures_are_retried_and_a_refused_key_stops_the_run(tmp_path, mon
         assert failed[0].error == "server_error" and "Checking batch batch_1" in failed[0].detail
         assert BatchState(tmp_path / "cache.batches.json").load() == {  # still recorded: a rerun re-attaches
             next(iter(BatchState(tmp_path / "cache.batches.json").load())): "batch_1"}
+    with FakeOpenAI(batch_http_errors={"content": [500] * 2}) as server:
+        # A finished batch whose answers cannot be downloaded stays recorded; the rerun downloads them.
+        state = tmp_path / "download"
+        first = LLMClient(batch_backend(server, state, max_retries=1), None, progress=False).complete_many([req("z")])
+        assert first[0].error == "server_error" and "Downloading" in first[0].detail
+        assert list(BatchState(state / "cache.batches.json").load().values()) == ["batch_1"]
+        again = LLMClient(batch_backend(server, state), None, progress=False).complete_many([req("z")])
+        assert again[0].text == "Yes" and len(server.batches) == 1
     with FakeOpenAI(batch_http_errors={"files": [401]}) as server:
         with pytest.raises(LLMSetupError, match="refused the API key"):
             LLMClient(batch_backend(server, tmp_path / "other"), None, progress=False).complete_many([req("x")])

@@ -25,6 +25,12 @@ sizes: how much of the step's rate is left once the cache is read.
     python benchmarks/train_step.py --part topk-step    # or topk-cache
     python benchmarks/train_step.py --part bae   # or --part topk
 
+Part 5 — the allocator (`--part allocator`): the step alone of both libraries and our trainer from a cache,
+each in a fresh process, with glibc's default malloc and with freed memory retained
+(`hf_bae.training.host_memory`, what `hf-bae train` does on the CPU), alternating, best of each kept.
+Parts 1-4 run with freed memory retained for every library measured (the setting is process-wide), so
+their ratios compare the libraries, not the allocators; `--default-allocator` runs them without it.
+
 Prints a table; ratios are measured within one run. Part 2 needs `pip install -e ".[bench]"` (eai-sparsify).
 """
 
@@ -308,8 +314,10 @@ def bench_topk_from_cache(workdir, tokens=65536, k=32, batch=1024, steps=80):
     import hf_bae.training as training
 
     cache = Path(workdir) / "cache"
-    subprocess.run([sys.executable, "-m", "hf_bae", "harvest", "--sites", "layers.6.resid_post", "--num_tokens",
-                    str(tokens), "--output_dir", str(cache)], check=True, capture_output=True)
+    if not (cache / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "hf_bae", "harvest", "--sites", "layers.6.resid_post", "--num_tokens",
+                        str(tokens), "--output_dir", str(cache)], check=True, capture_output=True)
+
     def step_alone():
         return bench_topk_step(576, 2304, k, batch, only={"hf_bae sparse fused"}, normalized=True)["hf_bae sparse fused"]
 
@@ -330,10 +338,55 @@ def bench_topk_from_cache(workdir, tokens=65536, k=32, batch=1024, steps=80):
             "step_alone_tokens_per_s": max(before, step_alone())}
 
 
+# -------------------------------------------------------------------------------------------------
+# Part 5: glibc's default malloc against freed memory retained, each in a fresh process
+# -------------------------------------------------------------------------------------------------
+
+
+def _in_fresh_process(call: str, retain: bool, threads: int) -> dict:
+    """`call` (an expression over this module) evaluated in a fresh interpreter, with freed memory retained
+    or glibc's default; its JSON-able result."""
+    import subprocess
+    import sys
+
+    code = (f"import json, sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"torch.set_num_threads({threads})\n"
+            + ("from hf_bae.training.host_memory import retain_freed_memory; assert retain_freed_memory()\n"
+               if retain else "")
+            + f"import train_step as t\nprint('RESULT ' + json.dumps(t.{call}))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.rsplit("RESULT ", 1)[1])
+
+
+def bench_allocator(threads=2, rounds=2, steps=12):
+    """tokens/s of the fused-Adam step alone (sparsify, ours sparse) at both sizes and of our trainer from a
+    cache, under glibc's default malloc and with freed memory retained; alternating rounds, best kept."""
+    only = "{'sparsify fused', 'hf_bae sparse fused'}"
+    best: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(rounds):
+            for retain in (False, True):
+                mode = "retained" if retain else "default"
+                rows = {}
+                for d, m, n in ((576, 2304, 1024), (768, 24576, 2048)):
+                    r = _in_fresh_process(f"bench_topk_step({d}, {m}, 32, {n}, steps={steps}, only={only})",
+                                          retain, threads)
+                    rows.update({f"{name} step, m={m}": v for name, v in r.items()})
+                r = _in_fresh_process(f"bench_topk_from_cache({workdir!r})", retain, threads)
+                rows["hf_bae trainer from a cache, m=2304"] = r["from_cache_tokens_per_s"]
+                rows["hf_bae step alone (normalised), m=2304"] = r["step_alone_tokens_per_s"]
+                for key, v in rows.items():
+                    best.setdefault(key, {})[mode] = max(best.get(key, {}).get(mode, 0.0), v)
+    return best
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("all", "bae", "topk", "topk-step", "topk-cache"), default="all",
-                        help="topk: from text against sparsify, then the step alone; topk-step / topk-cache: only those")
+    parser.add_argument("--part", choices=("all", "bae", "topk", "topk-step", "topk-cache", "allocator"), default="all",
+                        help="topk: from text against sparsify, then the step alone; topk-step / topk-cache: only "
+                        "those; allocator: glibc's default against freed memory retained (not in all)")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="run parts 1-4 with glibc's default malloc instead of retaining freed memory")
     parser.add_argument("--topk-step-steps", type=int, default=12, help="steps per model and round of the step-alone part")
     parser.add_argument("--steps", type=int, default=8, help="BAE steps per loop (the first is not timed)")
     parser.add_argument("--topk-steps", type=int, default=12, help="TopK steps per trainer (the first 2 not timed)")
@@ -348,6 +401,23 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}")
     results = {}
+    if opts.part == "allocator":
+        best = bench_allocator(opts.threads, steps=opts.topk_step_steps)
+        results["allocator"] = best
+        print("\ntokens/s, each in a fresh process, fused Adam (k=32; m=2304: d=576, 1024 tokens; m=24576: d=768, "
+              "2048 tokens)")
+        print(f"{'measurement':<42} {'glibc default':>14} {'retained':>10} {'gain':>6}")
+        for key, r in best.items():
+            print(f"{key:<42} {r['default']:>14.0f} {r['retained']:>10.0f} {r['retained'] / r['default']:>5.2f}x")
+        for mode in ("default", "retained"):
+            fraction = (best["hf_bae trainer from a cache, m=2304"][mode]
+                        / best["hf_bae step alone (normalised), m=2304"][mode])
+            print(f"trainer from a cache / step alone, {mode}: {fraction:.0%}")
+    elif not opts.default_allocator:
+        from hf_bae.training.host_memory import retain_freed_memory
+
+        print("allocator: freed memory retained for every library measured "
+              f"({'in effect' if retain_freed_memory() else 'not available here: glibc default'})")
     if opts.part in ("all", "bae"):
         rows = bench_bae(steps=opts.steps, trained_density=opts.trained_density, repeats=opts.repeats,
                          bf16=not opts.no_bf16)

@@ -97,6 +97,10 @@ class TrainingArguments:
     fused_optimizer: bool = option(True, "Use PyTorch's fused Adam/AdamW kernel (CPU and CUDA): one pass over each "
                                    "parameter instead of a dozen tensor ops (a 24576x768 SAE on 2 CPU cores: 28 vs 227 ms "
                                    "per step). --no_fused_optimizer gives the per-tensor loop (rounding-level differences).")
+    retain_freed_memory: bool = option(
+        True, "On the CPU (Linux, glibc): keep freed memory in the process for the next step instead of returning "
+        "it to the kernel, so that each step's large tensors do not fault their pages in afresh (zero-filled by "
+        "the kernel). Process-wide; the process keeps its peak memory until it exits (hf_bae.training.host_memory).")
     cpu: bool = option(False, "Train on the CPU even when an accelerator is available (also for multi-process CPU "
                        "runs: `accelerate launch --multi_gpu --num_processes 2 train.py --cpu`).")
     seed: int = option(0, "Seed of initialisation and data shuffling.")
@@ -210,6 +214,6 @@ RESUMABLE_CHANGES = frozenset({
     "report_to", "resume", "overwrite", "nan_check_every", "progress", "learning_rate", "max_grad_norm",
     "splice_rows", "validation_tokens", "dense_threshold", "save_dictionaries", "output_dir", "cache", "plots",
     "compile", "covariance_implementation", "covariance_chunk_size", "decoder_implementation",
-    "topk_implementation",
+    "topk_implementation", "retain_freed_memory",
 })
 

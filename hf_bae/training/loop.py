@@ -35,6 +35,7 @@ from ..sources import ActivationSource, SourceBatch, ValidationData, first_nonfi
 from ..training_plots import plot_dictionary_run
 from . import checkpoints
 from .arguments import TrainingArguments
+from .host_memory import retain_freed_memory
 from .initialization import initialize_from_data
 from .inputs import source_keys
 from .optimizers import make_optimizer
@@ -436,6 +437,8 @@ class DictionaryTrainer:
         """Train until the budget (or the data) ends; save the dictionaries; return the final validation metrics."""
         a, acc = self.args, self.accelerator
         set_seed(a.seed)
+        if a.retain_freed_memory and acc.device.type == "cpu":
+            retain_freed_memory()
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from)
             acc.print(f"Resuming from {self.resume_from} (step {self.step}, {self.tokens:,} tokens)"

@@ -188,6 +188,23 @@ def mean_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0)
     return [means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]]
 
 
+def difference_interval(values: Sequence[float], baseline: Sequence[float], resamples: int = 2000,
+                        seed: int = 0) -> list[float] | None:
+    """[mean(values) − mean(baseline), low, high]: the difference of two dictionaries' per-feature means with
+    its 95 % percentile-bootstrap interval (each side's features resampled independently: the features of two
+    dictionaries are not paired), or None when either side has fewer than two features. An interval above 0
+    says the first dictionary is ahead by more than feature sampling explains."""
+    import random
+
+    if len(values) < 2 or len(baseline) < 2:
+        return None
+    rng = random.Random(seed)
+    n, b = len(values), len(baseline)
+    diffs = sorted(sum(rng.choices(values, k=n)) / n - sum(rng.choices(baseline, k=b)) / b for _ in range(resamples))
+    return [sum(values) / n - sum(baseline) / b, diffs[int(0.025 * resamples)],
+            diffs[min(resamples - 1, int(0.975 * resamples))]]
+
+
 def per_feature_scores(features: Iterable[int], splits: Iterable[str], answers: Iterable[str]) -> dict[int, dict[str, Any]]:
     """Per-feature counts and scores from verdict triples.
 
@@ -254,8 +271,9 @@ def summarize_verdicts(
         unparseable (answers), verdicts, and `beyond_paper` = {features_with_negatives,
         specificity, balanced_accuracy, precision, interpretable_count_balanced_accuracy,
         interpretable_fraction_balanced_accuracy, balanced_accuracy_threshold} (None values when no
-        negatives were judged). Every mean and fraction has a `*_interval`: its 95 % bootstrap interval
-        over features (`mean_interval`), None with fewer than two features.
+        negatives were judged), and `per_feature` = {comsem_score, balanced_accuracy}: the per-feature
+        values. Every mean and fraction has a `*_interval`: its 95 % bootstrap interval over features
+        (`mean_interval`), None with fewer than two features.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
@@ -286,6 +304,8 @@ def summarize_verdicts(
         "histogram": _histogram(scores, num_bins),
         "verdicts": len(answers),
         "unparseable": sum(p["unparseable"] for p in per.values()),
+        # The per-feature values behind the means, for comparisons between dictionaries (`difference_interval`).
+        "per_feature": {"comsem_score": scores, "balanced_accuracy": bal},
         "beyond_paper": {
             "features_with_negatives": len(spec),
             "specificity": _mean(spec),

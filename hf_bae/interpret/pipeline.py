@@ -45,7 +45,8 @@ from .atlas_format import check_atlas_matches, load_atlas, save_atlas
 from .atlas_scoring import DICTIONARY_TYPES, RandomBaseline, dictionary_fingerprint, dictionary_type
 from .calibration import judge_calibration_for, loud_warning
 from .comsem import ComSemConfig, run_comsem
-from .report import apply_results, comsem_report, nothing_scored_message, plot_scores, results_table
+from .report import (apply_results, compare_with_random, comsem_report, nothing_scored_message, plot_scores,
+                     results_table)
 from .client import LLMClient, LLMConfig, make_backend, make_cache
 
 logger = logging.getLogger(__name__)
@@ -345,6 +346,7 @@ def run_interpret(
         print(f"{entry.name}: {report['coverage']}; {client.ledger.describe()}")
 
     measured = [r for r in reports if r["features_scored"]]
+    compare_with_random(measured)
     for report in measured:
         if random_score is not None and report["dictionary_type"] != "random":
             report["random_baseline_comsem_score"] = random_score

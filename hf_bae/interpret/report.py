@@ -1,6 +1,7 @@
 """The results of an `hf-bae interpret` run: the atlas with its ComSem results filled (`apply_results`),
 the per-dictionary summary saved as `comsem.json` beside the atlas (`comsem_report`), and the table
-and histogram that compare the dictionaries (`results_table`, `plot_scores`).
+and histogram that compare the dictionaries (`results_table`, `plot_scores`), with each trained
+dictionary's difference to the random baseline (`compare_with_random`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..version import __version__
 from .atlas_format import atlas_features
 from .calibration import describe as describe_calibration
 from .calibration import short as short_calibration
-from .comsem import ComSemRun
+from .comsem import ComSemRun, difference_interval
 
 
 def apply_results(dataset, run: ComSemRun):
@@ -57,6 +58,7 @@ def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, A
         "judge_calls_pending_explanations": s["judge_calls_pending_explanations"],
         "histogram": s["histogram"],
         "beyond_paper": s["beyond_paper"],
+        "per_feature": s.get("per_feature"),
         "name": name,
         "dictionary_type": info.dictionary_type,
         "dictionary_fingerprint": info.dictionary_fingerprint,
@@ -130,6 +132,23 @@ def _fmt_interval(value: Any, interval: Sequence[float] | None) -> str:
     return _fmt(value) if value is None or not interval else f"{_fmt(value)} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
+def _fmt_difference(value: Sequence[float] | None) -> str:
+    """"+0.111 [+0.033, +0.186]" from `difference_interval`'s [difference, low, high]; "–" without one."""
+    return "–" if not value else f"{value[0]:+.3f} [{value[1]:+.3f}, {value[2]:+.3f}]"
+
+
+def compare_with_random(reports: Sequence[dict[str, Any]]) -> None:
+    """Add `vs_random` = {comsem_score, balanced_accuracy}: [difference, low, high] (`difference_interval`) to
+    every report of a trained dictionary, against the random baseline's report among them (if any)."""
+    baseline = next((r for r in reports if r["dictionary_type"] == "random" and r.get("per_feature")), None)
+    if baseline is None:
+        return
+    for r in reports:
+        if r is not baseline and r["dictionary_type"] != "random" and r.get("per_feature"):
+            r["vs_random"] = {key: difference_interval(r["per_feature"][key], baseline["per_feature"][key])
+                              for key in ("comsem_score", "balanced_accuracy")}
+
+
 def results_table(reports: Sequence[dict[str, Any]]) -> str:
     """A markdown table comparing dictionaries side by side."""
     columns = [
@@ -147,6 +166,8 @@ def results_table(reports: Sequence[dict[str, Any]]) -> str:
         ("specificity*", lambda r: _fmt_interval(r["beyond_paper"]["specificity"], r["beyond_paper"].get("specificity_interval"))),
         ("balanced accuracy*", lambda r: _fmt_interval(r["beyond_paper"]["balanced_accuracy"],
                                                        r["beyond_paper"].get("balanced_accuracy_interval"))),
+        ("ComSem − random", lambda r: _fmt_difference(r.get("vs_random", {}).get("comsem_score"))),
+        ("balanced accuracy* − random", lambda r: _fmt_difference(r.get("vs_random", {}).get("balanced_accuracy"))),
         (f"interpretable* (balanced accuracy ≥ {reports[0]['beyond_paper'].get('balanced_accuracy_threshold', 0.6) if reports else 0.6})",
          lambda r: r["beyond_paper"].get("interpretable_count_balanced_accuracy")),
         ("unparseable", lambda r: r["unparseable"]),
@@ -159,7 +180,8 @@ def results_table(reports: Sequence[dict[str, Any]]) -> str:
     lines.append("")
     lines.append("ComSem score: mean over scored features of the fraction of held-out activating samples the judge accepts "
                  "(the paper's). *Beyond the paper: judged on non-activating samples too. Brackets: 95 % bootstrap "
-                 "intervals over features. Compare with the random baseline under the same judge.")
+                 "intervals over features. − random: the difference to the random baseline under the same judge, with its "
+                 "bootstrap interval (above 0: ahead of random by more than feature sampling explains).")
     judges = {}
     for r in reports:
         judges.setdefault(r.get("judge", {}).get("backend", "judge"), r.get("judge_calibration"))

@@ -214,6 +214,36 @@ def test_off_events_are_described_as_such_in_both_prompts():
     assert not any("switches OFF" in p for p in prompts if "(0." in p)
 
 
+def test_difference_to_random_has_an_interval_that_excludes_zero_only_for_a_real_gap():
+    from hf_bae.interpret.comsem import difference_interval
+    from hf_bae.interpret.report import compare_with_random, results_table
+
+    assert difference_interval([0.9], [0.1, 0.2]) is None and difference_interval([0.9, 0.8], []) is None
+    same = [0.0, 0.5, 1.0, 0.75, 0.25] * 8
+    diff, lo, hi = difference_interval(same, list(reversed(same)))
+    assert diff == pytest.approx(0.0) and lo < 0 < hi
+    ahead = [min(1.0, v + 0.3) for v in same]
+    diff, lo, hi = difference_interval(ahead, same)
+    assert 0 < lo < diff < hi and difference_interval(ahead, same) == [diff, lo, hi]  # seeded
+
+    def report(name, kind, scores, bal):
+        out = summarize_verdicts(list(range(len(scores))), ["positive"] * len(scores), ["yes"] * len(scores))
+        return {"name": name, "dictionary_type": kind, "num_features": 40, "dead_features": 0, "dense_features": 0,
+                "features_interpreted": 40, "features_too_few_samples": 0, "features_scored": len(scores),
+                "comsem_score": sum(scores) / len(scores), "threshold": 0.5, "interpretable_count": 1,
+                "interpretable_fraction": 0.1, "beyond_paper": out["beyond_paper"], "unparseable": 0,
+                "judge_failures": 0, "status_counts": {}, "judge": {"backend": "b"}, "judge_calibration": None,
+                "per_feature": {"comsem_score": scores, "balanced_accuracy": bal}}
+
+    reports = [report("bae", "BAE", ahead, ahead), report("random", "random", same, same)]
+    compare_with_random(reports)
+    assert reports[0]["vs_random"]["comsem_score"] == difference_interval(ahead, same)
+    assert "vs_random" not in reports[1]
+    row = next(line for line in results_table(reports).splitlines() if line.startswith("| bae"))
+    assert f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]" in row
+    assert summarize_verdicts([0, 1], ["positive"] * 2, ["yes", "no"])["per_feature"]["comsem_score"] == [1.0, 0.0]
+
+
 def test_bootstrap_intervals_bracket_the_means_and_are_reproducible():
     from hf_bae.interpret.comsem import mean_interval
 

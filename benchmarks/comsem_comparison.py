@@ -8,7 +8,8 @@ and a random baseline on the same tokens of the embedded model, judged by one ca
 
 Cost on 2 CPU cores: with the float32 judge (a CPU without bf16 instructions) ~46 s per explanation and
 ~4 s per judged sample, so ~28 min for 10 features of each of the five and ~8 h for 100; with the bf16 judge
-(a CPU with avx512_bf16) ~4.4 s and ~2.2 s, so ~20 min for 10 and ~3 h for 100 (benchmarks/RESULTS.md).
+(a CPU with avx512_bf16) ~4.4 s and ~2.0-2.2 s, so ~20 min for 10 and ~2.6 h for 100 (measured: 60 features
+of each of the five in 5,554 s; benchmarks/RESULTS.md).
 Raising --max_features later reuses every cached call.
 
 A thin driver of the CLI (each step is the command a user would type, printed before it runs, and timed):

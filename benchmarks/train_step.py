@@ -326,7 +326,7 @@ def bench_topk_from_cache(workdir, tokens=65536, k=32, batch=1024, steps=80):
     args = training.TrainingArguments(
         cache=str(cache), dictionaries=["topk"], batch_size=batch, max_steps=steps, learning_rate=5e-4,
         validate_every=0, log_every=10**9, checkpoint_every=0, plots=False, save_dictionaries=False,
-        output_dir=str(Path(workdir) / "run"), progress=False, num_epochs=0)
+        output_dir=str(Path(workdir) / "run"), progress=False, num_epochs=0, overwrite=True)
     stamps, restore = _update_times(importlib.import_module("hf_bae.training.loop"))
     try:
         training.train(args, training.DictionaryArguments(expansion_factor=4), None, training.SAEArguments(k=k))
@@ -354,7 +354,10 @@ def _in_fresh_process(call: str, retain: bool, threads: int) -> dict:
             + ("from hf_bae.training.host_memory import retain_freed_memory; assert retain_freed_memory()\n"
                if retain else "")
             + f"import train_step as t\nprint('RESULT ' + json.dumps(t.{call}))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{call} failed:\n{done.stderr[-2000:]}")
+    out = done.stdout
     return json.loads(out.rsplit("RESULT ", 1)[1])
 
 

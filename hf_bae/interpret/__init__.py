@@ -10,7 +10,8 @@
 - `response_cache` / `ledger`: the SQLite response cache; calls, tokens and cost.
 - `client`: `LLMClient` (cache, budget, concurrency), `LLMConfig` (the LLM flags), `make_backend`.
 - `prompts`: the explainer and judge prompts (few-shot examples written for hf_bae).
-- `comsem`: explain, judge, score; `summarize_verdicts` is the logic of the `metrics/comsem` evaluate module.
+- `comsem`: explain, judge, score; `summarize_verdicts` is the logic of the `metrics/comsem` evaluate module;
+  `bootstrap`: the intervals over features of its means and of the difference between two dictionaries.
 - `pipeline`: what `hf-bae atlas` and `hf-bae interpret` run; `report`: their comsem.json, table and plot.
 """
 

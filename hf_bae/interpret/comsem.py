@@ -52,6 +52,7 @@ from typing import Any
 
 from ..configuration import option
 from .chat import ChatRequest
+from .bootstrap import mean_interval
 from .client import LLMClient
 from .prompts import explain_prompt, judge_prompt
 
@@ -173,36 +174,6 @@ def _histogram(scores: Sequence[float], num_bins: int) -> dict[str, list]:
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def mean_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> list[float] | None:
-    """95 % percentile-bootstrap interval of the mean of per-feature `values` (features resampled with
-    replacement), or None for fewer than two features. Seeded, so a summary is reproducible."""
-    import random
-
-    if len(values) < 2:
-        return None
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
-    return [means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]]
-
-
-def difference_interval(values: Sequence[float], baseline: Sequence[float], resamples: int = 2000,
-                        seed: int = 0) -> list[float] | None:
-    """[mean(values) − mean(baseline), low, high]: the difference of two dictionaries' per-feature means with
-    its 95 % percentile-bootstrap interval (each side's features resampled independently: the features of two
-    dictionaries are not paired), or None when either side has fewer than two features. An interval above 0
-    says the first dictionary is ahead by more than feature sampling explains."""
-    import random
-
-    if len(values) < 2 or len(baseline) < 2:
-        return None
-    rng = random.Random(seed)
-    n, b = len(values), len(baseline)
-    diffs = sorted(sum(rng.choices(values, k=n)) / n - sum(rng.choices(baseline, k=b)) / b for _ in range(resamples))
-    return [sum(values) / n - sum(baseline) / b, diffs[int(0.025 * resamples)],
-            diffs[min(resamples - 1, int(0.975 * resamples))]]
 
 
 def per_feature_scores(features: Iterable[int], splits: Iterable[str], answers: Iterable[str]) -> dict[int, dict[str, Any]]:

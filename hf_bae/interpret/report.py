@@ -15,7 +15,8 @@ from ..version import __version__
 from .atlas_format import atlas_features
 from .calibration import describe as describe_calibration
 from .calibration import short as short_calibration
-from .comsem import ComSemRun, difference_interval
+from .bootstrap import difference_interval
+from .comsem import ComSemRun
 
 
 def apply_results(dataset, run: ComSemRun):
@@ -58,7 +59,7 @@ def comsem_report(name: str, info: AtlasInfo, run: ComSemRun, judge: dict[str, A
         "judge_calls_pending_explanations": s["judge_calls_pending_explanations"],
         "histogram": s["histogram"],
         "beyond_paper": s["beyond_paper"],
-        "per_feature": s.get("per_feature"),
+        "per_feature": s["per_feature"],
         "name": name,
         "dictionary_type": info.dictionary_type,
         "dictionary_fingerprint": info.dictionary_fingerprint,

@@ -215,7 +215,7 @@ def test_off_events_are_described_as_such_in_both_prompts():
 
 
 def test_difference_to_random_has_an_interval_that_excludes_zero_only_for_a_real_gap():
-    from hf_bae.interpret.comsem import difference_interval
+    from hf_bae.interpret.bootstrap import difference_interval
     from hf_bae.interpret.report import compare_with_random, results_table
 
     assert difference_interval([0.9], [0.1, 0.2]) is None and difference_interval([0.9, 0.8], []) is None
@@ -245,7 +245,7 @@ def test_difference_to_random_has_an_interval_that_excludes_zero_only_for_a_real
 
 
 def test_bootstrap_intervals_bracket_the_means_and_are_reproducible():
-    from hf_bae.interpret.comsem import mean_interval
+    from hf_bae.interpret.bootstrap import mean_interval
 
     assert mean_interval([0.4]) is None and mean_interval([]) is None
     assert mean_interval([0.5] * 10) == [0.5, 0.5]
